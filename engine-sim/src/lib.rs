@@ -1,0 +1,1 @@
+//! Simulated vLLM engine. SKELETON: owner fills in.

@@ -1,0 +1,1 @@
+//! The Envoy filter. SKELETON: owner fills in.

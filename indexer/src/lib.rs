@@ -1,0 +1,1 @@
+//! The indexer daemon library. SKELETON: owner fills in.

@@ -1,0 +1,1 @@
+//! vLLM KV-event wire format. SKELETON: owner fills in.
