@@ -1,0 +1,419 @@
+//! The plugin configuration (the JSON in Envoy's `plugin_config`), parsed and checked once
+//! when the plugin starts, so a typo is a clear error at load time instead of a silent
+//! misroute per request. Every field has a default; `{}` is a valid configuration.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kvroute_blockhash::{HashConfig, HashScheme};
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("plugin configuration is not valid JSON: {0}")]
+    Json(String),
+    #[error("plugin configuration: {0}")]
+    Invalid(String),
+}
+
+/// What the filter does with requests it may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Hash the prompt's blocks and ask the indexer for the pod holding the longest prefix.
+    Precise,
+    /// Same keys, but the indexer scores from its own routing history (engines that
+    /// publish no KV events); sent as `"mode": "estimate"` in the route request.
+    Estimate,
+    /// Touch nothing: every request takes the fallback route.
+    Off,
+}
+
+/// Where a model's prompt is tokenized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizeIn {
+    /// In the wasm VM with the shared crate; only block hashes travel to the indexer.
+    Filter,
+    /// The body is sent to the indexer's `/v1/route/prompt`, which tokenizes natively.
+    Indexer,
+}
+
+/// Which API a configured path serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    Chat,
+    Completions,
+    Messages,
+}
+
+impl PathKind {
+    pub fn endpoint(self) -> kvroute_blockhash::Endpoint {
+        match self {
+            PathKind::Chat => kvroute_blockhash::Endpoint::ChatCompletions,
+            PathKind::Completions => kvroute_blockhash::Endpoint::Completions,
+            PathKind::Messages => kvroute_blockhash::Endpoint::AnthropicMessages,
+        }
+    }
+}
+
+/// Where a model's tokenizer files are fetched from (an Envoy cluster, no filesystem).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSource {
+    /// Envoy cluster serving the files; default: the indexer cluster.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// `:authority` of the fetch; default: the indexer authority.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Files are fetched from `<path_prefix>/tokenizer.json`, `<path_prefix>/tokenizer_config.json`
+    /// and, optionally, `<path_prefix>/chat_template.jinja`; default `/v1/tokenizers/<model>`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+}
+
+/// Per-model settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerSource>,
+    /// Overrides the plugin-wide `tokenize_in` for this model.
+    #[serde(default)]
+    pub tokenize_in: Option<TokenizeIn>,
+    /// This model name is a LoRA adapter of the named base model: the base's tokenizer is
+    /// used, the adapter name goes into the block extra keys, and the indexer is asked for
+    /// the base model's pods.
+    #[serde(default)]
+    pub lora_of: Option<String>,
+}
+
+/// The raw JSON shape, with serde defaults; [`PluginConfig::parse`] validates it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_indexer_cluster")]
+    indexer_cluster: String,
+    #[serde(default = "default_indexer_authority")]
+    indexer_authority: String,
+    #[serde(default = "default_call_timeout_ms")]
+    call_timeout_ms: u64,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+    #[serde(default = "default_block_size")]
+    block_size: usize,
+    #[serde(default = "default_hash_scheme")]
+    hash_scheme: String,
+    #[serde(default)]
+    hash_seed: Option<String>,
+    #[serde(default = "default_mode")]
+    mode: Mode,
+    #[serde(default = "default_tokenize_in")]
+    tokenize_in: TokenizeIn,
+    #[serde(default)]
+    models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    debug_headers: bool,
+    #[serde(default = "default_paths")]
+    paths: BTreeMap<String, PathKind>,
+    #[serde(default = "default_route_path")]
+    route_path: String,
+    #[serde(default = "default_prompt_route_path")]
+    prompt_route_path: String,
+    #[serde(default = "default_complete_path")]
+    complete_path: String,
+    #[serde(default = "default_tokenizer_fetch_timeout_ms")]
+    tokenizer_fetch_timeout_ms: u64,
+    #[serde(default = "default_report_completion")]
+    report_completion: bool,
+}
+
+fn default_indexer_cluster() -> String {
+    "kvroute_indexer".into()
+}
+fn default_indexer_authority() -> String {
+    "kvroute-indexer".into()
+}
+fn default_call_timeout_ms() -> u64 {
+    50
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_block_size() -> usize {
+    64
+}
+fn default_hash_scheme() -> String {
+    "sha256_cbor".into()
+}
+fn default_mode() -> Mode {
+    Mode::Precise
+}
+fn default_tokenize_in() -> TokenizeIn {
+    TokenizeIn::Filter
+}
+fn default_paths() -> BTreeMap<String, PathKind> {
+    BTreeMap::from([
+        ("/v1/chat/completions".to_string(), PathKind::Chat),
+        ("/v1/completions".to_string(), PathKind::Completions),
+        ("/v1/messages".to_string(), PathKind::Messages),
+    ])
+}
+fn default_route_path() -> String {
+    "/v1/route".into()
+}
+fn default_prompt_route_path() -> String {
+    "/v1/route/prompt".into()
+}
+fn default_complete_path() -> String {
+    "/v1/route/complete".into()
+}
+fn default_tokenizer_fetch_timeout_ms() -> u64 {
+    30_000
+}
+fn default_report_completion() -> bool {
+    true
+}
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub indexer_cluster: String,
+    pub indexer_authority: String,
+    pub call_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub hash: HashConfig,
+    pub mode: Mode,
+    pub tokenize_in: TokenizeIn,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub debug_headers: bool,
+    pub paths: BTreeMap<String, PathKind>,
+    pub route_path: String,
+    pub prompt_route_path: String,
+    pub complete_path: String,
+    pub tokenizer_fetch_timeout: Duration,
+    pub report_completion: bool,
+}
+
+/// The model a request is routed as, resolved from the request's `model` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel<'a> {
+    /// The model whose tokenizer and pods are used (the base model for a LoRA adapter).
+    pub base: &'a str,
+    /// The adapter name when the requested model is a configured LoRA adapter.
+    pub lora_name: Option<&'a str>,
+    pub tokenize_in: TokenizeIn,
+}
+
+pub fn parse_hash_scheme(name: &str) -> Option<HashScheme> {
+    match name {
+        "sha256_cbor" => Some(HashScheme::Sha256Cbor),
+        "sha256_cbor_64bit" => Some(HashScheme::Sha256Cbor64Bit),
+        "xxhash_cbor" => Some(HashScheme::XxhashCbor),
+        _ => None,
+    }
+}
+
+impl PluginConfig {
+    /// Parse and validate; an empty buffer means "all defaults".
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::from_slice(b"{}").map_err(|e| ConfigError::Json(e.to_string()))?
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?
+        };
+        let scheme = parse_hash_scheme(&raw.hash_scheme).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "hash_scheme {:?}: expected sha256_cbor, sha256_cbor_64bit or xxhash_cbor",
+                raw.hash_scheme
+            ))
+        })?;
+        if raw.block_size == 0 {
+            return Err(ConfigError::Invalid("block_size must be at least 1".into()));
+        }
+        if raw.call_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "call_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if raw.indexer_cluster.is_empty() {
+            return Err(ConfigError::Invalid("indexer_cluster is empty".into()));
+        }
+        for path in raw.paths.keys() {
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "path {path:?} must start with '/'"
+                )));
+            }
+        }
+        for (name, model) in &raw.models {
+            if let Some(base) = &model.lora_of {
+                match raw.models.get(base) {
+                    Some(b) if b.lora_of.is_none() => {}
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "model {name:?}: lora_of {base:?} must name a configured base model"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            indexer_cluster: raw.indexer_cluster,
+            indexer_authority: raw.indexer_authority,
+            call_timeout: Duration::from_millis(raw.call_timeout_ms),
+            max_body_bytes: raw.max_body_bytes,
+            hash: HashConfig {
+                scheme,
+                block_size: raw.block_size,
+                seed: raw.hash_seed,
+            },
+            mode: raw.mode,
+            tokenize_in: raw.tokenize_in,
+            models: raw.models,
+            debug_headers: raw.debug_headers,
+            paths: raw.paths,
+            route_path: raw.route_path,
+            prompt_route_path: raw.prompt_route_path,
+            complete_path: raw.complete_path,
+            tokenizer_fetch_timeout: Duration::from_millis(raw.tokenizer_fetch_timeout_ms),
+            report_completion: raw.report_completion,
+        })
+    }
+
+    /// The configured API kind of a request path (query string ignored).
+    pub fn path_kind(&self, path: &str) -> Option<PathKind> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        self.paths.get(path).copied()
+    }
+
+    /// Resolve a request's model; `None` when it is not configured.
+    pub fn resolve_model<'a>(&'a self, model: &'a str) -> Option<ResolvedModel<'a>> {
+        let (name, cfg) = self.models.get_key_value(model)?;
+        match &cfg.lora_of {
+            Some(base) => {
+                let base_cfg = self.models.get(base.as_str())?;
+                Some(ResolvedModel {
+                    base: base.as_str(),
+                    lora_name: Some(name.as_str()),
+                    tokenize_in: cfg
+                        .tokenize_in
+                        .or(base_cfg.tokenize_in)
+                        .unwrap_or(self.tokenize_in),
+                })
+            }
+            None => Some(ResolvedModel {
+                base: name.as_str(),
+                lora_name: None,
+                tokenize_in: cfg.tokenize_in.unwrap_or(self.tokenize_in),
+            }),
+        }
+    }
+
+    /// Base models whose tokenizers this VM must load (those tokenized in the filter).
+    pub fn models_to_load(&self) -> Vec<(&str, FetchTarget)> {
+        self.models
+            .iter()
+            .filter(|(_, m)| m.lora_of.is_none())
+            .filter(|(_, m)| m.tokenize_in.unwrap_or(self.tokenize_in) == TokenizeIn::Filter)
+            .map(|(name, m)| (name.as_str(), self.fetch_target(name, m)))
+            .collect()
+    }
+
+    fn fetch_target(&self, name: &str, model: &ModelConfig) -> FetchTarget {
+        let src = model.tokenizer.as_ref();
+        FetchTarget {
+            cluster: src
+                .and_then(|s| s.cluster.clone())
+                .unwrap_or_else(|| self.indexer_cluster.clone()),
+            authority: src
+                .and_then(|s| s.authority.clone())
+                .unwrap_or_else(|| self.indexer_authority.clone()),
+            path_prefix: src
+                .and_then(|s| s.path_prefix.clone())
+                .unwrap_or_else(|| format!("/v1/tokenizers/{name}"))
+                .trim_end_matches('/')
+                .to_string(),
+        }
+    }
+}
+
+/// Where one model's tokenizer files are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTarget {
+    pub cluster: String,
+    pub authority: String,
+    pub path_prefix: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_takes_the_documented_defaults() {
+        let c = PluginConfig::parse(b"").expect("empty config");
+        assert_eq!(c.call_timeout, Duration::from_millis(50));
+        assert_eq!(c.hash.block_size, 64);
+        assert_eq!(c.hash.scheme, HashScheme::Sha256Cbor);
+        assert_eq!(c.mode, Mode::Precise);
+        assert_eq!(c.indexer_cluster, "kvroute_indexer");
+        assert_eq!(
+            c.path_kind("/v1/chat/completions?x=1"),
+            Some(PathKind::Chat)
+        );
+        assert_eq!(c.path_kind("/v1/models"), None);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(matches!(
+            PluginConfig::parse(br#"{"call_timeout":5}"#),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            PluginConfig::parse(br#"{"hash_scheme":"md5"}"#),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            PluginConfig::parse(br#"{"block_size":0}"#),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            PluginConfig::parse(b"{not json"),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            PluginConfig::parse(br#"{"models":{"a":{"lora_of":"missing"}}}"#),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn lora_adapters_resolve_to_their_base_model() {
+        let c = PluginConfig::parse(
+            br#"{"models":{"Qwen3-32B":{},"sql-lora":{"lora_of":"Qwen3-32B"},"big":{"tokenize_in":"indexer"}}}"#,
+        )
+        .expect("config");
+        let r = c.resolve_model("sql-lora").expect("adapter");
+        assert_eq!(r.base, "Qwen3-32B");
+        assert_eq!(r.lora_name, Some("sql-lora"));
+        assert_eq!(
+            c.resolve_model("big").map(|r| r.tokenize_in),
+            Some(TokenizeIn::Indexer)
+        );
+        assert!(c.resolve_model("other").is_none());
+        let load: Vec<_> = c
+            .models_to_load()
+            .into_iter()
+            .map(|(n, t)| (n, t.path_prefix))
+            .collect();
+        assert_eq!(
+            load,
+            vec![("Qwen3-32B", "/v1/tokenizers/Qwen3-32B".to_string())]
+        );
+    }
+}

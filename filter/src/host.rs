@@ -1,0 +1,94 @@
+//! Thin wrappers over the proxy-wasm host calls the filter uses. The SDK's trait methods
+//! `unwrap()` host errors, and a wasm panic kills the VM (and every request on that
+//! worker), so the filter only calls the status-returning `hostcalls` functions, here,
+//! and turns every error into "not available".
+
+use std::time::{Duration, SystemTime};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+
+use crate::filter_state::{set_filter_state_arguments, ORIGINAL_DST_KEY};
+
+pub fn now() -> Option<SystemTime> {
+    hostcalls::get_current_time().ok()
+}
+
+/// Microseconds since `start`, 0 when the clock is unavailable.
+pub fn micros_since(start: Option<SystemTime>) -> u64 {
+    match (start, now()) {
+        (Some(s), Some(n)) => n.duration_since(s).unwrap_or(Duration::ZERO).as_micros() as u64,
+        _ => 0,
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn add_response_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value)
+}
+
+pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
+    if size == 0 {
+        return Some(Vec::new());
+    }
+    hostcalls::get_buffer(kind, 0, size).ok().flatten()
+}
+
+pub fn call_response_status() -> Option<u16> {
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+}
+
+/// A POST with a JSON body to `cluster`; the token of the call.
+pub fn post_json(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    body: &[u8],
+    extra_headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<u32, Status> {
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", authority),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra_headers);
+    hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
+}
+
+pub fn get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Result<u32, Status> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+    ];
+    hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
+}
+
+/// Set the `ORIGINAL_DST` destination of the current request, then make Envoy re-match
+/// the route: the route table sends requests carrying this filter state to the
+/// `ORIGINAL_DST` cluster and all others to the fallback cluster, and the route was first
+/// matched before the state existed.
+pub fn set_original_dst(endpoint: &str) -> Result<(), Status> {
+    let args = set_filter_state_arguments(ORIGINAL_DST_KEY, endpoint);
+    hostcalls::call_foreign_function("set_envoy_filter_state", Some(&args))?;
+    hostcalls::call_foreign_function("clear_route_cache", None)?;
+    Ok(())
+}
+
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}

@@ -1,0 +1,306 @@
+//! One request through the filter. The flow is the one Envoy 1.40 allows: headers
+//! `Continue` (pausing there would starve the body callback); the body is paused until
+//! the end of stream (the buffer filter after this one raises the buffer limit); the
+//! block hashes go to the indexer; its answer becomes the `ORIGINAL_DST` filter state,
+//! and the request resumes. Any failure resumes the request with no state set, which
+//! the route table sends to the fallback cluster: fail open, never fail closed.
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use kvroute_blockhash::{Request, RequestExtras, RequestKeys};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, LogLevel};
+
+use crate::config::{Mode, PathKind, TokenizeIn};
+use crate::fail_open::FailOpenReason;
+use crate::host;
+use crate::request_gate::{gate, Gate, RequestHead};
+use crate::route_api::{classify_answer, CompleteRequest, RouteAnswer, RouteRequest};
+use crate::vm_state::VmState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not ours, or already decided: everything continues.
+    Pass,
+    /// Buffering the body of a request we route.
+    Buffering(PathKind),
+    /// Waiting for the indexer's answer (call token).
+    AwaitingIndexer(u32),
+}
+
+pub struct KvRouteStream {
+    context_id: u32,
+    vm: Option<Rc<VmState>>,
+    phase: Phase,
+    decision_started: Option<SystemTime>,
+    answer: Option<RouteAnswer>,
+}
+
+impl KvRouteStream {
+    pub fn new(context_id: u32, vm: Option<Rc<VmState>>) -> Self {
+        Self {
+            context_id,
+            vm,
+            phase: Phase::Pass,
+            decision_started: None,
+            answer: None,
+        }
+    }
+
+    fn fail_open(&mut self, reason: FailOpenReason) {
+        if let Some(vm) = &self.vm {
+            vm.metrics.fail_open(reason);
+            if self.decision_started.is_some() {
+                vm.metrics
+                    .decision_time(host::micros_since(self.decision_started));
+            }
+        }
+        self.phase = Phase::Pass;
+    }
+
+    /// Hash the body (or hand it to the indexer) and dispatch the route call.
+    /// `Ok(token)` when a call is in flight.
+    fn dispatch_route(
+        &mut self,
+        vm: &VmState,
+        kind: PathKind,
+        body: &[u8],
+    ) -> Result<u32, FailOpenReason> {
+        let config = &vm.config;
+        // The model decides everything else (tokenizer, where to tokenize), so it is read
+        // first with a shallow parse that does not build the prompt.
+        let head: BodyHead =
+            serde_json::from_slice(body).map_err(|_| FailOpenReason::MalformedRequest)?;
+        let model_name = head.model.ok_or(FailOpenReason::MalformedRequest)?;
+        let model = config
+            .resolve_model(&model_name)
+            .ok_or(FailOpenReason::UnknownModel)?;
+        let timeout = config.call_timeout;
+        if model.tokenize_in == TokenizeIn::Indexer {
+            let path_header = [
+                ("x-kvroute-api", kind_name(kind)),
+                ("x-kvroute-model", model.base),
+            ];
+            return host::post_json(
+                &config.indexer_cluster,
+                &config.indexer_authority,
+                &config.prompt_route_path,
+                body,
+                &path_header,
+                timeout,
+            )
+            .map_err(|_| FailOpenReason::DispatchFailed);
+        }
+        let encoder = vm
+            .encoder(model.base)
+            .ok_or(FailOpenReason::TokenizerNotLoaded)?;
+        let request = Request::parse(body, Some(kind.endpoint()))
+            .map_err(|e| FailOpenReason::from_blockhash(&e))?;
+        let extras = RequestExtras {
+            cache_salt: request.cache_salt.clone(),
+            lora_name: model.lora_name.map(str::to_string),
+        };
+        let hash_started = host::now();
+        let keys = RequestKeys::compute(&encoder, &vm.hasher, &request, &extras)
+            .map_err(|e| FailOpenReason::from_blockhash(&e))?;
+        vm.metrics.hash_time(host::micros_since(hash_started));
+        let route = RouteRequest {
+            model: model.base,
+            block_hashes: &keys.block_hashes,
+            mode: (config.mode == Mode::Estimate).then_some("estimate"),
+        };
+        let json = serde_json::to_vec(&route).map_err(|_| FailOpenReason::HashError)?;
+        host::post_json(
+            &config.indexer_cluster,
+            &config.indexer_authority,
+            &config.route_path,
+            &json,
+            &[],
+            timeout,
+        )
+        .map_err(|_| FailOpenReason::DispatchFailed)
+    }
+
+    fn send_completion(&self, vm: &VmState, ticket: u64) {
+        let Ok(body) = serde_json::to_vec(&CompleteRequest { ticket }) else {
+            return;
+        };
+        // Sent on the root context's behalf: a call owned by this request context would be
+        // cancelled by Envoy when the context is destroyed, right after this log callback.
+        if proxy_wasm::hostcalls::set_effective_context(vm.root_context_id).is_err() {
+            return;
+        }
+        let config = &vm.config;
+        if host::post_json(
+            &config.indexer_cluster,
+            &config.indexer_authority,
+            &config.complete_path,
+            &body,
+            &[],
+            config
+                .call_timeout
+                .max(std::time::Duration::from_millis(1000)),
+        )
+        .is_ok()
+        {
+            vm.metrics.completion_sent();
+        }
+        let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+/// The only field read before deciding how to route: unknown fields are ignored.
+#[derive(serde::Deserialize)]
+struct BodyHead {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+fn timeout_micros(vm: &VmState) -> u64 {
+    (vm.config.call_timeout.as_micros() as u64).saturating_sub(1000)
+}
+
+fn kind_name(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::Chat => "chat",
+        PathKind::Completions => "completions",
+        PathKind::Messages => "messages",
+    }
+}
+
+impl Context for KvRouteStream {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if self.phase != Phase::AwaitingIndexer(token_id) {
+            return;
+        }
+        let Some(vm) = self.vm.clone() else {
+            self.phase = Phase::Pass;
+            host::resume_request();
+            return;
+        };
+        let status = host::call_response_status();
+        let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        match classify_answer(status, &body) {
+            Ok(answer) => match host::set_original_dst(&answer.endpoint) {
+                Ok(()) => {
+                    vm.metrics.routed(answer.matched_blocks);
+                    vm.metrics
+                        .decision_time(host::micros_since(self.decision_started));
+                    self.answer = Some(answer);
+                    self.phase = Phase::Pass;
+                }
+                Err(status) => {
+                    host::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "kvroute: filter state refused for {:?}: {status:?}",
+                            answer.endpoint
+                        ),
+                    );
+                    self.fail_open(FailOpenReason::FilterStateRefused);
+                }
+            },
+            Err(FailOpenReason::IndexerUnavailable)
+                if status.is_none()
+                    && host::micros_since(self.decision_started) >= timeout_micros(&vm) =>
+            {
+                // Envoy reports its own call timeout as a response without headers.
+                self.fail_open(FailOpenReason::Timeout)
+            }
+            Err(reason) => self.fail_open(reason),
+        }
+        host::resume_request();
+    }
+}
+
+impl HttpContext for KvRouteStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(vm) = self.vm.clone() else {
+            return Action::Continue;
+        };
+        let method = host::request_header(":method");
+        let path = host::request_header(":path");
+        let content_type = host::request_header("content-type");
+        let content_length = host::request_header("content-length");
+        let head = RequestHead {
+            method: method.as_deref(),
+            path: path.as_deref(),
+            content_type: content_type.as_deref(),
+            content_length: content_length.as_deref(),
+            end_of_stream,
+        };
+        self.phase = match gate(&vm.config, &head) {
+            Gate::Touch(kind) => Phase::Buffering(kind),
+            Gate::TooLarge => {
+                vm.metrics.fail_open(FailOpenReason::BodyTooLarge);
+                Phase::Pass
+            }
+            Gate::Pass => Phase::Pass,
+        };
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::Buffering(kind) = self.phase else {
+            return Action::Continue;
+        };
+        let Some(vm) = self.vm.clone() else {
+            return Action::Continue;
+        };
+        if body_size > vm.config.max_body_bytes {
+            self.fail_open(FailOpenReason::BodyTooLarge);
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.decision_started = host::now();
+        let Some(body) = host::buffer(BufferType::HttpRequestBody, body_size) else {
+            self.fail_open(FailOpenReason::MalformedRequest);
+            return Action::Continue;
+        };
+        match self.dispatch_route(&vm, kind, &body) {
+            Ok(token) => {
+                self.phase = Phase::AwaitingIndexer(token);
+                Action::Pause
+            }
+            Err(reason) => {
+                self.fail_open(reason);
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(vm) = &self.vm else {
+            return Action::Continue;
+        };
+        if vm.config.debug_headers {
+            if let Some(answer) = &self.answer {
+                let _ = host::add_response_header("x-kvroute-endpoint", &answer.endpoint);
+                let _ = host::add_response_header(
+                    "x-kvroute-matched-blocks",
+                    &answer.matched_blocks.to_string(),
+                );
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        if !vm.config.report_completion {
+            return;
+        }
+        if let Some(ticket) = self.answer.as_ref().and_then(|a| a.ticket) {
+            self.send_completion(&vm, ticket);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! What one wasm VM (one Envoy worker) shares between its root context and its request
+//! contexts: the validated configuration, the hasher, metric ids and the loaded
+//! tokenizers. Single-threaded by construction (a VM runs on one thread), hence `Rc`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use kvroute_blockhash::{BlockHasher, PromptEncoder};
+
+use crate::config::PluginConfig;
+use crate::metrics::FilterMetrics;
+
+pub struct VmState {
+    pub config: PluginConfig,
+    pub hasher: BlockHasher,
+    pub metrics: FilterMetrics,
+    /// Base model name -> its encoder, once fetched and loaded.
+    pub encoders: RefCell<HashMap<String, Rc<PromptEncoder>>>,
+    /// The root context's id: completion reports are sent on its behalf so that they
+    /// outlive the request context that triggers them.
+    pub root_context_id: u32,
+}
+
+impl VmState {
+    pub fn new(config: PluginConfig, metrics: FilterMetrics, root_context_id: u32) -> Self {
+        let hasher = BlockHasher::new(config.hash.clone());
+        Self {
+            config,
+            hasher,
+            metrics,
+            encoders: RefCell::new(HashMap::new()),
+            root_context_id,
+        }
+    }
+
+    pub fn encoder(&self, model: &str) -> Option<Rc<PromptEncoder>> {
+        self.encoders.borrow().get(model).cloned()
+    }
+}
