@@ -7,9 +7,9 @@
 
 pub mod backend;
 pub mod envoy;
-pub mod failing_indexer;
 pub mod http;
 pub mod paths;
 pub mod ports;
 pub mod process;
+pub mod scripted_indexer;
 pub mod stack;

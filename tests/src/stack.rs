@@ -1,14 +1,14 @@
 //! `Stack`: a whole kvroute deployment on loopback for one test or benchmark. Envoy (with
-//! or without the filter), N backends, and an indexer (the real `kvroute serve`, a failing
+//! or without the filter), N backends, and an indexer (the real `kvroute serve`, a scripted
 //! stand-in, or one the caller runs), all on free ports, all stopped on drop.
 //!
 //! ```no_run
 //! # use kvroute_tests::stack::{Stack, IndexerSpec};
-//! # use kvroute_tests::failing_indexer::RouteFailure;
+//! # use kvroute_tests::scripted_indexer::RouteScript;
 //! let stack = Stack::builder()
 //!     .backends(3)
 //!     .qwen3()
-//!     .indexer(IndexerSpec::Failing(RouteFailure::Hang))
+//!     .indexer(IndexerSpec::Scripted(RouteScript::Hang))
 //!     .start()?;
 //! let r = stack.chat(&serde_json::json!({"model": "Qwen3-32B", "messages": []}))?;
 //! # anyhow::Ok(())
@@ -24,11 +24,11 @@ use anyhow::{bail, Context};
 
 use crate::backend::Backend;
 use crate::envoy::{Envoy, EnvoyConfig};
-use crate::failing_indexer::{FailingIndexer, RouteFailure};
 use crate::http::{self, Response};
 use crate::paths;
 use crate::ports::free_port;
 use crate::process::{wait_until, ManagedProcess};
+use crate::scripted_indexer::{RouteScript, ScriptedIndexer};
 
 /// The model name the seed uses, served with the real Qwen3 tokenizer.
 pub const QWEN3_MODEL: &str = "Qwen3-32B";
@@ -48,8 +48,9 @@ pub type IndexerArgs = Box<dyn Fn(&IndexerPorts) -> Vec<String>>;
 
 /// Which indexer the stack's `kvroute_indexer` cluster points at.
 pub enum IndexerSpec {
-    /// A stand-in that serves the tokenizers but fails every route call this way.
-    Failing(RouteFailure),
+    /// A stand-in that serves the tokenizers and answers route calls as scripted
+    /// ([`RouteScript::CycleBackends`] cycles through this stack's backends).
+    Scripted(RouteScript),
     /// The real `kvroute serve`, started with these arguments.
     Kvroute(IndexerArgs),
     /// An indexer the caller runs.
@@ -137,13 +138,17 @@ impl StackBuilder {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pods: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
 
-        let mut failing = None;
+        let mut scripted = None;
         let mut indexer_process = None;
         let indexer_addr = match self.indexer {
-            IndexerSpec::Failing(failure) => {
-                let f = FailingIndexer::start(self.models.clone(), failure)?;
+            IndexerSpec::Scripted(script) => {
+                let script = match script {
+                    RouteScript::CycleBackends => RouteScript::Cycle(pods.clone()),
+                    other => other,
+                };
+                let f = ScriptedIndexer::start(self.models.clone(), script)?;
                 let addr = f.addr;
-                failing = Some(f);
+                scripted = Some(f);
                 addr
             }
             IndexerSpec::External(addr) => addr,
@@ -214,7 +219,7 @@ impl StackBuilder {
             envoy,
             backends,
             indexer_addr,
-            failing,
+            scripted,
             indexer_process,
             dir,
             _runtime: runtime,
@@ -227,7 +232,7 @@ pub struct Stack {
     pub envoy: Envoy,
     pub backends: Vec<Backend>,
     pub indexer_addr: SocketAddr,
-    failing: Option<FailingIndexer>,
+    scripted: Option<ScriptedIndexer>,
     indexer_process: Option<ManagedProcess>,
     dir: PathBuf,
     _runtime: tokio::runtime::Runtime,
@@ -244,7 +249,7 @@ impl Stack {
                 ("debug_headers".to_string(), serde_json::json!(true)),
             ]),
             models: BTreeMap::new(),
-            indexer: IndexerSpec::Failing(RouteFailure::Hang),
+            indexer: IndexerSpec::Scripted(RouteScript::Hang),
             wait_tokenizers: true,
             buffer_max_bytes: 16 << 20,
         }
@@ -288,9 +293,14 @@ impl Stack {
             })
     }
 
+    /// The scripted indexer stand-in, when the stack runs one.
+    pub fn scripted_indexer(&self) -> Option<&ScriptedIndexer> {
+        self.scripted.as_ref()
+    }
+
     /// Kill the indexer (real or stand-in): its port closes.
     pub fn kill_indexer(&mut self) {
-        if let Some(f) = self.failing.as_mut() {
+        if let Some(f) = self.scripted.as_mut() {
             f.kill();
         }
         if let Some(p) = self.indexer_process.as_mut() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kvroute_tests::failing_indexer::RouteFailure;
+use kvroute_tests::scripted_indexer::RouteScript;
 use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 const CALL_TIMEOUT_MS: u64 = 50;
@@ -51,19 +51,19 @@ fn served_within_timeout(stack: &Stack, n: usize, reason: &str) {
     );
 }
 
-fn stack_with(failure: RouteFailure, tokenize_in: &str) -> Stack {
+fn stack_with(failure: RouteScript, tokenize_in: &str) -> Stack {
     Stack::builder()
         .backends(3)
         .qwen3()
         .plugin(serde_json::json!({"call_timeout_ms": CALL_TIMEOUT_MS, "tokenize_in": tokenize_in}))
-        .indexer(IndexerSpec::Failing(failure))
+        .indexer(IndexerSpec::Scripted(failure))
         .start()
         .expect("stack")
 }
 
 #[test]
 fn hung_indexer_costs_at_most_the_call_timeout() {
-    let stack = stack_with(RouteFailure::Hang, "indexer");
+    let stack = stack_with(RouteScript::Hang, "indexer");
     served_within_timeout(&stack, 10, "timeout");
     let hist = stack.envoy.prometheus().expect("prometheus");
     assert!(
@@ -75,7 +75,7 @@ fn hung_indexer_costs_at_most_the_call_timeout() {
 #[test]
 fn killed_indexer_still_serves_every_request() {
     let mut stack = stack_with(
-        RouteFailure::Status(503, "{\"error\":\"no live pod\"}".into()),
+        RouteScript::Status(503, "{\"error\":\"no live pod\"}".into()),
         "indexer",
     );
     served_within_timeout(&stack, 3, "no_pod");
@@ -92,12 +92,12 @@ fn killed_indexer_still_serves_every_request() {
 #[test]
 fn error_answers_are_counted_by_reason() {
     let stack = stack_with(
-        RouteFailure::Status(404, "{\"error\":\"unknown model\"}".into()),
+        RouteScript::Status(404, "{\"error\":\"unknown model\"}".into()),
         "indexer",
     );
     served_within_timeout(&stack, 2, "unknown_model");
     let stack = stack_with(
-        RouteFailure::Status(200, "{\"endpoint\":\"not-an-address\"}".into()),
+        RouteScript::Status(200, "{\"endpoint\":\"not-an-address\"}".into()),
         "indexer",
     );
     served_within_timeout(&stack, 2, "bad_answer");

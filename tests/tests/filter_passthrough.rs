@@ -3,7 +3,7 @@
 //! body, a streaming request. Each untouched or unroutable request takes the fallback
 //! route, and each fail-open reason is counted in the filter's metrics.
 
-use kvroute_tests::failing_indexer::RouteFailure;
+use kvroute_tests::scripted_indexer::RouteScript;
 use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 fn stack() -> Stack {
@@ -14,7 +14,7 @@ fn stack() -> Stack {
         // tokenizer; it answers 500 to anything routed, so a routed request would show up
         // as a fail-open count, not as a pod choice.
         .plugin(serde_json::json!({"tokenize_in": "indexer", "max_body_bytes": 1 << 20}))
-        .indexer(IndexerSpec::Failing(RouteFailure::Status(
+        .indexer(IndexerSpec::Scripted(RouteScript::Status(
             500,
             "{\"error\":\"test\"}".into(),
         )))
