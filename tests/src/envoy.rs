@@ -29,6 +29,25 @@ pub struct EnvoyConfig {
 }
 
 impl EnvoyConfig {
+    /// The values of the checked-in `envoy/local.yaml`: run from the repository root
+    /// after scripts/build_filter.sh, with `kvroute serve` on 127.0.0.1:8081 and three
+    /// engines on 127.0.0.1:8001-8003.
+    pub fn local() -> Self {
+        Self {
+            listen_address: "127.0.0.1".into(),
+            listen_port: 8080,
+            admin_port: 9901,
+            wasm_path: Some(PathBuf::from("target/kvroute_filter.wasm")),
+            plugin_config:
+                r#"{"models":{"Qwen3-32B":{}},"call_timeout_ms":50,"debug_headers":true}"#.into(),
+            pods: (8001..=8003)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
+            indexer: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            buffer_max_bytes: 16 << 20,
+        }
+    }
+
     /// Render the template text with these values.
     pub fn render(&self, template: &str) -> String {
         let mut text = if self.wasm_path.is_some() {
