@@ -1,6 +1,11 @@
 //! Per-block extra keys (cache salt, LoRA adapter) as vLLM folds them into the hash.
 //!
-//! SKELETON: see hasher.rs.
+//! Two requests with the same tokens but a different `cache_salt` or LoRA adapter must not
+//! share KV blocks, so vLLM adds an `extra_keys` tuple to each block's hash input. Its shape
+//! changed between versions: today's vLLM tags each key (`("cache_salt", salt)`, checked
+//! against a real vLLM 0.32 capture with a salted request), older versions put the bare
+//! values. vLLM builds the tuple as LoRA keys, then cache-salt keys; the salt goes on the
+//! first block only, the LoRA key on every block.
 
 /// Today's vLLM tags each extra key (`("cache_salt", s)`); older versions put bare values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -10,12 +15,70 @@ pub enum ExtraKeysStyle {
     Bare,
 }
 
+impl std::str::FromStr for ExtraKeysStyle {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tagged" => Ok(ExtraKeysStyle::Tagged),
+            "bare" => Ok(ExtraKeysStyle::Bare),
+            other => Err(crate::Error::Config(format!(
+                "unknown extra-keys style {other:?} (expected tagged or bare)"
+            ))),
+        }
+    }
+}
+
 /// What a request contributes to extra keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestExtras {
     pub cache_salt: Option<String>,
     /// LoRA adapter name when the request's model is a configured adapter.
     pub lora_name: Option<String>,
+    /// The adapter's path as the engine loaded it, when the deployment tags it too.
+    pub lora_path: Option<String>,
+}
+
+impl RequestExtras {
+    /// Block `block_index`'s extra keys, or `None` when vLLM hashes `None` there.
+    pub fn block_extra_keys(
+        &self,
+        block_index: usize,
+        style: ExtraKeysStyle,
+    ) -> Option<BlockExtraKeys> {
+        let mut keys = Vec::new();
+        if let Some(name) = &self.lora_name {
+            keys.push(match style {
+                ExtraKeysStyle::Tagged => {
+                    let mut tagged = vec![ExtraKey::text("lora"), ExtraKey::text(name)];
+                    if let Some(path) = &self.lora_path {
+                        tagged.push(ExtraKey::text(path));
+                    }
+                    ExtraKey::Tuple(tagged)
+                }
+                ExtraKeysStyle::Bare => ExtraKey::text(name),
+            });
+        }
+        if block_index == 0 {
+            if let Some(salt) = &self.cache_salt {
+                keys.push(match style {
+                    ExtraKeysStyle::Tagged => {
+                        ExtraKey::Tuple(vec![ExtraKey::text("cache_salt"), ExtraKey::text(salt)])
+                    }
+                    ExtraKeysStyle::Bare => ExtraKey::text(salt),
+                });
+            }
+        }
+        if keys.is_empty() {
+            None
+        } else {
+            Some(BlockExtraKeys(keys))
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache_salt.is_none() && self.lora_name.is_none()
+    }
 }
 
 /// The extra keys of one block, in the order vLLM builds them.
@@ -26,6 +89,41 @@ pub struct BlockExtraKeys(pub Vec<ExtraKey>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtraKey {
     Text(String),
+    Int(i64),
     /// A tagged tuple such as `("cache_salt", "tenant-a")`.
     Tuple(Vec<ExtraKey>),
+}
+
+impl ExtraKey {
+    pub fn text(s: &str) -> Self {
+        ExtraKey::Text(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_only_on_the_first_block_lora_on_every_block() {
+        let extras = RequestExtras {
+            cache_salt: Some("s".into()),
+            lora_name: Some("ad".into()),
+            lora_path: None,
+        };
+        let first = extras.block_extra_keys(0, ExtraKeysStyle::Bare);
+        let second = extras.block_extra_keys(1, ExtraKeysStyle::Bare);
+        assert_eq!(
+            first,
+            Some(BlockExtraKeys(vec![
+                ExtraKey::text("ad"),
+                ExtraKey::text("s")
+            ]))
+        );
+        assert_eq!(second, Some(BlockExtraKeys(vec![ExtraKey::text("ad")])));
+        assert_eq!(
+            RequestExtras::default().block_extra_keys(0, ExtraKeysStyle::Tagged),
+            None
+        );
+    }
 }
