@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Regenerates tests/vectors/hashes.json with the real Python implementations vLLM uses.
+
+vLLM hashes a block as H((parent, tuple(tokens), extra_keys_or_None)) with
+H = sha256 / xxh3_128 over cbor2's canonical encoding, NONE_HASH = H(seed). This script
+computes exactly that with cbor2, hashlib and xxhash, so the Rust hasher is checked against
+the reference libraries rather than against itself. When `import vllm` works, vLLM's own
+hash functions cross-check the vectors too.
+
+Usage: .venv/bin/python scripts/gen_hash_vectors.py  (writes tests/vectors/hashes.json)
+"""
+import hashlib
+import json
+import os
+import sys
+
+import cbor2
+import xxhash
+
+DEFAULT_SEED = "vllm-none-hash"
+
+
+def sha256_cbor(x):
+    return hashlib.sha256(cbor2.dumps(x, canonical=True)).digest()
+
+
+def sha256_cbor_64bit(x):
+    # vLLM 0.10.0-0.10.1: the first 8 bytes of the digest, big-endian, chained as an int.
+    return int.from_bytes(sha256_cbor(x)[:8], byteorder="big")
+
+
+def xxhash_cbor(x):
+    return xxhash.xxh3_128_digest(cbor2.dumps(x, canonical=True))
+
+
+SCHEMES = {
+    "sha256_cbor": sha256_cbor,
+    "sha256_cbor_64bit": sha256_cbor_64bit,
+    "xxhash_cbor": xxhash_cbor,
+}
+
+
+def event_value(digest):
+    if isinstance(digest, int):
+        return digest
+    return int.from_bytes(digest[-8:], byteorder="big")
+
+
+def hex_of(digest):
+    return format(digest, "016x") if isinstance(digest, int) else digest.hex()
+
+
+def extra_keys(extras, block_index, style):
+    keys = []
+    if extras.get("lora_name"):
+        if style == "tagged":
+            tagged = ("lora", extras["lora_name"])
+            if extras.get("lora_path"):
+                tagged += (extras["lora_path"],)
+            keys.append(tagged)
+        else:
+            keys.append(extras["lora_name"])
+    if block_index == 0 and extras.get("cache_salt"):
+        keys.append(("cache_salt", extras["cache_salt"]) if style == "tagged" else extras["cache_salt"])
+    return tuple(keys) if keys else None
+
+
+def chain(h, seed, tokens, block_size, extras, style):
+    parent = h(seed if seed is not None else DEFAULT_SEED)
+    out = []
+    for i in range(len(tokens) // block_size):
+        block = tuple(tokens[i * block_size:(i + 1) * block_size])
+        parent = h((parent, block, extra_keys(extras, i, style)))
+        out.append(parent)
+    return out
+
+
+def token_sets():
+    # Widths that exercise every CBOR integer head: <24, u8, u16, u32.
+    edge = [0, 1, 23, 24, 255, 256, 65535, 65536, 151643, 151645, 4294967295]
+    return {
+        "one_block_small": list(range(16)),
+        "edges": (edge * 12)[:128],
+        "partial_tail": list(range(1000, 1000 + 16 * 3 + 5)),
+        "qwen_like_many_blocks": [(i * 7919 + 13) % 151936 for i in range(64 * 6)],
+    }
+
+
+def main():
+    cases = []
+    extras_variants = {
+        "none": {},
+        "cache_salt": {"cache_salt": "tenant-a"},
+        "lora": {"lora_name": "sql-adapter"},
+        "lora_path_and_salt": {"lora_name": "sql-adapter", "lora_path": "/adapters/sql", "cache_salt": "s\u00e9l"},
+    }
+    for scheme, h in SCHEMES.items():
+        for seed in [None, "42", "0"]:
+            for tok_name, tokens in token_sets().items():
+                for block_size in [16, 64]:
+                    for ex_name, extras in extras_variants.items():
+                        for style in ["tagged", "bare"]:
+                            if ex_name == "none" and style == "bare":
+                                continue
+                            digests = chain(h, seed, tokens, block_size, extras, style)
+                            cases.append({
+                                "scheme": scheme,
+                                "seed": seed,
+                                "block_size": block_size,
+                                "tokens": tok_name,
+                                "extras": extras,
+                                "style": style,
+                                "none_hash": hex_of(h(seed if seed is not None else DEFAULT_SEED)),
+                                "digests": [hex_of(d) for d in digests],
+                                "event_values": [event_value(d) for d in digests],
+                            })
+    cross_checked = cross_check_with_vllm(cases)
+    doc = {
+        "generator": "scripts/gen_hash_vectors.py",
+        "libraries": {"cbor2": cbor2.__version__ if hasattr(cbor2, "__version__") else "?",
+                      "xxhash": xxhash.VERSION},
+        "cross_checked_with_vllm": cross_checked,
+        "token_sets": token_sets(),
+        "cases": cases,
+    }
+    out = os.path.join(os.path.dirname(__file__), "..", "tests", "vectors", "hashes.json")
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"wrote {len(cases)} cases to {os.path.normpath(out)} (vLLM cross-check: {cross_checked})")
+
+
+def cross_check_with_vllm(cases):
+    try:
+        from vllm.utils.hashing import sha256_cbor as vllm_sha256_cbor  # type: ignore
+    except Exception:
+        return False
+    for c in cases:
+        if c["scheme"] != "sha256_cbor" or c["extras"]:
+            continue
+        tokens = token_sets()[c["tokens"]]
+        got = chain(vllm_sha256_cbor, c["seed"], tokens, c["block_size"], {}, "tagged")
+        if [d.hex() for d in got] != c["digests"]:
+            sys.exit(f"vLLM disagrees on {c['tokens']}/{c['seed']}")
+    return True
+
+
+if __name__ == "__main__":
+    main()
