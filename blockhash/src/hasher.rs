@@ -177,9 +177,7 @@ impl BlockHasher {
             BlockDigest::U64(v) => cbor_head(buf, 0, *v),
         }
         cbor_head(buf, 4, tokens.len() as u64);
-        for &t in tokens {
-            cbor_head(buf, 0, u64::from(t));
-        }
+        cbor_token_ids(buf, tokens);
         match extra {
             None => buf.push(0xf6), // null
             Some(keys) => cbor_extra_keys(buf, &keys.0),
@@ -250,6 +248,34 @@ fn cbor_head(buf: &mut Vec<u8>, major: u8, arg: u64) {
         buf.push(m | 27);
         buf.extend_from_slice(&arg.to_be_bytes());
     }
+}
+
+/// The block's token ids as CBOR uints. This is most of the bytes hashed, so it writes
+/// into space reserved once instead of growing the buffer token by token.
+fn cbor_token_ids(buf: &mut Vec<u8>, tokens: &[u32]) {
+    let start = buf.len();
+    buf.resize(start + tokens.len() * 5, 0);
+    let out = &mut buf[start..];
+    let mut n = 0;
+    for &t in tokens {
+        if t < 24 {
+            out[n] = t as u8;
+            n += 1;
+        } else if t < 0x100 {
+            out[n] = 0x18;
+            out[n + 1] = t as u8;
+            n += 2;
+        } else if t < 0x1_0000 {
+            out[n] = 0x19;
+            out[n + 1..n + 3].copy_from_slice(&(t as u16).to_be_bytes());
+            n += 3;
+        } else {
+            out[n] = 0x1a;
+            out[n + 1..n + 5].copy_from_slice(&t.to_be_bytes());
+            n += 5;
+        }
+    }
+    buf.truncate(start + n);
 }
 
 fn cbor_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
