@@ -42,7 +42,11 @@ fn every_generated_vector_matches() {
             kvroute_blockhash::BlockDigest::U64(v) => format!("{v:016x}"),
             other => hex(&other.as_bytes()),
         };
-        assert_eq!(render(&hasher.none_hash()), case["none_hash"].as_str().unwrap(), "{case}");
+        assert_eq!(
+            render(&hasher.none_hash()),
+            case["none_hash"].as_str().unwrap(),
+            "{case}"
+        );
         let got: Vec<String> = digests.iter().map(render).collect();
         let want: Vec<String> = case["digests"]
             .as_array()
