@@ -16,6 +16,7 @@ pub mod error;
 pub mod extra_keys;
 pub mod hasher;
 pub mod keys;
+pub mod nfc;
 pub mod pretokenize;
 pub mod request;
 pub mod segment_cache;
