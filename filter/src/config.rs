@@ -89,6 +89,10 @@ pub struct ModelConfig {
     /// the base model's pods.
     #[serde(default)]
     pub lora_of: Option<String>,
+    /// The adapter's path as the engines loaded it, for deployments whose vLLM folds it
+    /// into the LoRA extra key too (`("lora", name, path)`).
+    #[serde(default)]
+    pub lora_path: Option<String>,
 }
 
 /// The raw JSON shape, with serde defaults; [`PluginConfig::parse`] validates it.
@@ -205,6 +209,8 @@ pub struct ResolvedModel<'a> {
     pub base: &'a str,
     /// The adapter name when the requested model is a configured LoRA adapter.
     pub lora_name: Option<&'a str>,
+    /// The adapter's path, when configured.
+    pub lora_path: Option<&'a str>,
     pub tokenize_in: TokenizeIn,
 }
 
@@ -299,6 +305,7 @@ impl PluginConfig {
                 Some(ResolvedModel {
                     base: base.as_str(),
                     lora_name: Some(name.as_str()),
+                    lora_path: cfg.lora_path.as_deref(),
                     tokenize_in: cfg
                         .tokenize_in
                         .or(base_cfg.tokenize_in)
@@ -308,6 +315,7 @@ impl PluginConfig {
             None => Some(ResolvedModel {
                 base: name.as_str(),
                 lora_name: None,
+                lora_path: None,
                 tokenize_in: cfg.tokenize_in.unwrap_or(self.tokenize_in),
             }),
         }

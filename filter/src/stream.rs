@@ -34,6 +34,8 @@ pub struct KvRouteStream {
     vm: Option<Rc<VmState>>,
     phase: Phase,
     decision_started: Option<SystemTime>,
+    /// Bytes of request body buffered so far.
+    buffered: usize,
     answer: Option<RouteAnswer>,
 }
 
@@ -44,6 +46,7 @@ impl KvRouteStream {
             vm,
             phase: Phase::Pass,
             decision_started: None,
+            buffered: 0,
             answer: None,
         }
     }
@@ -100,6 +103,7 @@ impl KvRouteStream {
         let extras = RequestExtras {
             cache_salt: request.cache_salt.clone(),
             lora_name: model.lora_name.map(str::to_string),
+            lora_path: model.lora_path.map(str::to_string),
         };
         let hash_started = host::now();
         let keys = RequestKeys::compute(&encoder, &vm.hasher, &request, &extras)
@@ -120,6 +124,25 @@ impl KvRouteStream {
             timeout,
         )
         .map_err(|_| FailOpenReason::DispatchFailed)
+    }
+
+    /// The whole body is buffered: start the decision, or fail open at once.
+    fn decide(&mut self, vm: &VmState, kind: PathKind) -> Action {
+        self.decision_started = host::now();
+        let Some(body) = host::buffer(BufferType::HttpRequestBody, self.buffered) else {
+            self.fail_open(FailOpenReason::MalformedRequest);
+            return Action::Continue;
+        };
+        match self.dispatch_route(vm, kind, &body) {
+            Ok(token) => {
+                self.phase = Phase::AwaitingIndexer(token);
+                Action::Pause
+            }
+            Err(reason) => {
+                self.fail_open(reason);
+                Action::Continue
+            }
+        }
     }
 
     fn send_completion(&self, vm: &VmState, ticket: u64) {
@@ -258,24 +281,22 @@ impl HttpContext for KvRouteStream {
             self.fail_open(FailOpenReason::BodyTooLarge);
             return Action::Continue;
         }
+        self.buffered = body_size;
         if !end_of_stream {
             return Action::Pause;
         }
-        self.decision_started = host::now();
-        let Some(body) = host::buffer(BufferType::HttpRequestBody, body_size) else {
-            self.fail_open(FailOpenReason::MalformedRequest);
+        self.decide(&vm, kind)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A body followed by trailers (gRPC-style, HTTP/2) ends here, not in the body callback.
+        let Phase::Buffering(kind) = self.phase else {
             return Action::Continue;
         };
-        match self.dispatch_route(&vm, kind, &body) {
-            Ok(token) => {
-                self.phase = Phase::AwaitingIndexer(token);
-                Action::Pause
-            }
-            Err(reason) => {
-                self.fail_open(reason);
-                Action::Continue
-            }
-        }
+        let Some(vm) = self.vm.clone() else {
+            return Action::Continue;
+        };
+        self.decide(&vm, kind)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
