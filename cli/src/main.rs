@@ -1,2 +1,32 @@
-//! `kvroute`: the one binary. SKELETON: `keys` first (issue 2), then `serve` (indexer).
-fn main() {}
+//! `kvroute`: the one binary. Each subcommand lives in its own file; `main` only parses
+//! the command line and hands over.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod keys;
+
+#[derive(Parser)]
+#[command(
+    name = "kvroute",
+    version,
+    about = "Precise prefix-cache-aware routing for vLLM fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a request's prompt tokens and the block hashes vLLM will publish for it.
+    Keys(keys::KeysArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keys(args) => keys::run(args),
+    }
+}

@@ -1,0 +1,98 @@
+//! `kvroute keys`: why did a request miss? Prints the token ids and block hashes kvroute
+//! computes for a request body, to compare with what an engine published.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kvroute_blockhash::{
+    BlockHasher, ExtraKeysStyle, HashConfig, HashScheme, PromptEncoder, Request, RequestExtras,
+    RequestKeys,
+};
+
+#[derive(clap::Args)]
+pub struct KeysArgs {
+    /// Folder with tokenizer.json and tokenizer_config.json (and optionally chat_template.jinja).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// vLLM's --block-size.
+    #[arg(long, default_value_t = 64)]
+    block_size: usize,
+    /// vLLM's --prefix-caching-hash-algo: sha256_cbor, sha256_cbor_64bit or xxhash_cbor.
+    #[arg(long, default_value = "sha256_cbor")]
+    hash_algo: HashScheme,
+    /// The engines' PYTHONHASHSEED (default: vLLM's "vllm-none-hash").
+    #[arg(long)]
+    hash_seed: Option<String>,
+    /// The request's model is a LoRA adapter of this base model: hash its name as extra key.
+    #[arg(long, value_name = "BASE")]
+    lora_of: Option<String>,
+    /// Extra keys as today's vLLM tags them, or bare as older versions did.
+    #[arg(long, default_value = "tagged")]
+    extra_keys: ExtraKeysStyle,
+}
+
+pub fn run(args: KeysArgs) -> ExitCode {
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("kvroute keys: cannot read the request from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let encoder = match load_encoder(&args.tokenizer) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("kvroute keys: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match keys(&args, &encoder, &body) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kvroute keys: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_encoder(dir: &Path) -> anyhow::Result<PromptEncoder> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .with_context(|| format!("reading {}", dir.join(name).display()))
+    };
+    let template = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+    Ok(PromptEncoder::with_cache_bytes(
+        &read("tokenizer.json")?,
+        &read("tokenizer_config.json")?,
+        template.as_deref(),
+        0,
+    )?)
+}
+
+fn keys(
+    args: &KeysArgs,
+    encoder: &PromptEncoder,
+    body: &[u8],
+) -> kvroute_blockhash::Result<String> {
+    let request = Request::parse(body, None)?;
+    let hasher = BlockHasher::new(HashConfig {
+        scheme: args.hash_algo,
+        block_size: args.block_size,
+        seed: args.hash_seed.clone(),
+    });
+    let lora_name = match (&args.lora_of, &request.model) {
+        (Some(base), Some(model)) if model != base => Some(model.clone()),
+        _ => None,
+    };
+    let extras = RequestExtras {
+        cache_salt: request.cache_salt.clone(),
+        lora_name,
+        lora_path: None,
+    };
+    let keys =
+        RequestKeys::compute_with_style(encoder, &hasher, &request, &extras, args.extra_keys)?;
+    Ok(serde_json::to_string(&keys).unwrap_or_default())
+}

@@ -1,0 +1,84 @@
+//! `kvroute keys` as a user runs it: the seed's requests and the captured vLLM requests
+//! through the built binary must print vLLM's exact token ids and published block hashes;
+//! a bad body must print one line to stderr and exit 2.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn qwen3_dir() -> PathBuf {
+    std::env::var_os("KVROUTE_TOKENIZERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("testdata/tokenizers"))
+        .join("qwen3")
+}
+
+fn run_keys(body: &[u8], extra: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+        .arg("keys")
+        .arg("--tokenizer")
+        .arg(qwen3_dir())
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn captured_requests_print_vllms_tokens_and_hashes() {
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
+    )
+    .unwrap();
+    let run = &doc["runs"]["sha256_cbor_seed42"];
+    let mut checked = 0;
+    for r in doc["requests"].as_array().unwrap() {
+        let Some(body) = r.get("request") else {
+            continue;
+        };
+        let (code, out, err) = run_keys(body.to_string().as_bytes(), &["--hash-seed", "42"]);
+        assert_eq!(code, 0, "{err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        let name = r["name"].as_str().unwrap();
+        assert_eq!(got["token_ids"], r["prompt_token_ids"], "{name}");
+        assert_eq!(
+            got["prompt_tokens"],
+            r["prompt_token_ids"].as_array().unwrap().len()
+        );
+        assert_eq!(
+            got["block_hashes"], run["prompt_block_hashes"][name],
+            "{name}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10);
+}
+
+#[test]
+fn a_bad_body_is_one_line_on_stderr_and_exit_2() {
+    for body in [
+        &b"{not json"[..],
+        br#"{"messages":[]}"#,
+        br#"{"prompt":["a","b"]}"#,
+    ] {
+        let (code, out, err) = run_keys(body, &[]);
+        assert_eq!(code, 2);
+        assert!(out.is_empty());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
