@@ -133,6 +133,8 @@ struct RawConfig {
     tokenizer_fetch_timeout_ms: u64,
     #[serde(default = "default_report_completion")]
     report_completion: bool,
+    #[serde(default)]
+    preload_tokenizers: bool,
 }
 
 fn default_indexer_cluster() -> String {
@@ -200,6 +202,9 @@ pub struct PluginConfig {
     pub complete_path: String,
     pub tokenizer_fetch_timeout: Duration,
     pub report_completion: bool,
+    /// Load tokenizers when the plugin starts instead of at a VM's first request (every VM,
+    /// including the main thread's, which never serves requests).
+    pub preload_tokenizers: bool,
 }
 
 /// The model a request is routed as, resolved from the request's `model` field.
@@ -287,6 +292,7 @@ impl PluginConfig {
             complete_path: raw.complete_path,
             tokenizer_fetch_timeout: Duration::from_millis(raw.tokenizer_fetch_timeout_ms),
             report_completion: raw.report_completion,
+            preload_tokenizers: raw.preload_tokenizers,
         })
     }
 
@@ -368,6 +374,7 @@ mod tests {
         assert_eq!(c.hash.block_size, 64);
         assert_eq!(c.hash.scheme, HashScheme::Sha256Cbor);
         assert_eq!(c.mode, Mode::Precise);
+        assert!(!c.preload_tokenizers, "lazy: the main thread VM never loads");
         assert_eq!(c.indexer_cluster, "kvroute_indexer");
         assert_eq!(
             c.path_kind("/v1/chat/completions?x=1"),

@@ -2,7 +2,7 @@
 //! contexts: the validated configuration, the hasher, metric ids and the loaded
 //! tokenizers. Single-threaded by construction (a VM runs on one thread), hence `Rc`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -20,6 +20,8 @@ pub struct VmState {
     /// The root context's id: completion reports are sent on its behalf so that they
     /// outlive the request context that triggers them.
     pub root_context_id: u32,
+    /// This VM has created a request context: it serves traffic, so it needs tokenizers.
+    pub demand: Cell<bool>,
 }
 
 impl VmState {
@@ -31,6 +33,7 @@ impl VmState {
             metrics,
             encoders: RefCell::new(HashMap::new()),
             root_context_id,
+            demand: Cell::new(false),
         }
     }
 
