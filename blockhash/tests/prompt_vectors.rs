@@ -1,0 +1,143 @@
+//! Rendering and tokenization against transformers, on the whole corpus and four real
+//! templates (tests/vectors/prompts.json, from scripts/gen_prompt_vectors.py): byte-identical
+//! prompt text, identical token ids, the same refusals; and the segment cache never changes
+//! an id compared with the uncached path.
+
+use std::path::PathBuf;
+
+use kvroute_blockhash::request::{Endpoint, Prompt};
+use kvroute_blockhash::{PromptEncoder, Request};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn encoder(model: &str, cache_bytes: usize) -> PromptEncoder {
+    let dir = std::env::var_os("KVROUTE_TOKENIZERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("testdata/tokenizers"))
+        .join(model);
+    PromptEncoder::with_cache_bytes(
+        &std::fs::read(dir.join("tokenizer.json")).expect("run scripts/setup.sh"),
+        &std::fs::read(dir.join("tokenizer_config.json")).unwrap(),
+        None,
+        cache_bytes,
+    )
+    .unwrap()
+}
+
+fn load(path: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(repo().join(path)).unwrap()).unwrap()
+}
+
+/// The corpus body with the corpus' fixed template kwargs (a fixed date) merged in.
+fn request_of(conv: &Value, fixed: &Value) -> Request {
+    let mut body = conv["body"].clone();
+    let mut kwargs = fixed.as_object().unwrap().clone();
+    if let Some(own) = body.get("chat_template_kwargs").and_then(Value::as_object) {
+        kwargs.extend(own.clone());
+    }
+    body["chat_template_kwargs"] = Value::Object(kwargs);
+    Request::parse(body.to_string().as_bytes(), Some(Endpoint::ChatCompletions)).unwrap()
+}
+
+fn check_model(model: &str) {
+    let corpus = load("tests/corpus/conversations.json");
+    let vectors = load("tests/vectors/prompts.json");
+    let fixed = &corpus["fixed_template_kwargs"];
+    let expected = vectors["models"][model]["conversations"]
+        .as_array()
+        .unwrap();
+    let cached = encoder(model, 8 << 20);
+    let uncached = encoder(model, 0);
+    let mut rendered = 0;
+    for (conv, want) in corpus["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(expected)
+    {
+        let name = conv["name"].as_str().unwrap();
+        assert_eq!(want["name"], name);
+        let request = request_of(conv, fixed);
+        let Prompt::Chat(chat) = &request.prompt else {
+            unreachable!()
+        };
+        let text = cached.render_chat(chat);
+        if want.get("error").is_some() {
+            assert!(
+                text.is_err(),
+                "{model}/{name}: transformers refused, we rendered"
+            );
+            continue;
+        }
+        let text = text.unwrap_or_else(|e| panic!("{model}/{name}: {e}"));
+        assert_eq!(
+            text,
+            want["text"].as_str().unwrap(),
+            "{model}/{name}: rendering"
+        );
+        let want_ids: Vec<u32> = want["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        // Twice through the cache (cold, then warm) and once without it.
+        for _ in 0..2 {
+            assert_eq!(
+                cached.prompt_tokens(&request).unwrap(),
+                want_ids,
+                "{model}/{name}: ids"
+            );
+        }
+        assert_eq!(
+            uncached.prompt_tokens(&request).unwrap(),
+            want_ids,
+            "{model}/{name}"
+        );
+        rendered += 1;
+    }
+    assert!(
+        rendered >= 30,
+        "{model}: only {rendered} conversations rendered"
+    );
+    for c in vectors["models"][model]["completions"].as_array().unwrap() {
+        let body = serde_json::json!({"prompt": c["prompt"]});
+        let request = Request::parse(body.to_string().as_bytes(), None).unwrap();
+        let ids: Vec<u64> = cached
+            .prompt_tokens(&request)
+            .unwrap()
+            .into_iter()
+            .map(u64::from)
+            .collect();
+        let want: Vec<u64> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, want, "{model}: completion {}", c["prompt"]);
+    }
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_model("qwen3");
+}
+
+#[test]
+fn llama3_matches_transformers() {
+    check_model("llama3");
+}
+
+#[test]
+fn deepseek_v3_matches_transformers() {
+    check_model("deepseek_v3");
+}
+
+#[test]
+fn gemma3_matches_transformers() {
+    check_model("gemma3");
+}
