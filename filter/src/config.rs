@@ -374,7 +374,10 @@ mod tests {
         assert_eq!(c.hash.block_size, 64);
         assert_eq!(c.hash.scheme, HashScheme::Sha256Cbor);
         assert_eq!(c.mode, Mode::Precise);
-        assert!(!c.preload_tokenizers, "lazy: the main thread VM never loads");
+        assert!(
+            !c.preload_tokenizers,
+            "lazy: the main thread VM never loads"
+        );
         assert_eq!(c.indexer_cluster, "kvroute_indexer");
         assert_eq!(
             c.path_kind("/v1/chat/completions?x=1"),

@@ -1,17 +1,19 @@
 //! Thin wrappers over the proxy-wasm host calls the filter uses. The SDK's trait methods
 //! `unwrap()` host errors, and a wasm panic kills the VM (and every request on that
-//! worker), so the filter only calls the status-returning `hostcalls` functions, here,
-//! and turns every error into "not available".
+//! worker), so the filter calls either the raw ABI (`abi.rs`, for calls whose SDK wrappers
+//! would panic on a status they do not expect) or `hostcalls` functions whose status arms
+//! cover everything Envoy returns for them, and turns every error into "not available".
 
 use std::time::{Duration, SystemTime};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 
+use crate::abi;
 use crate::filter_state::{set_filter_state_arguments, ORIGINAL_DST_KEY};
 
 pub fn now() -> Option<SystemTime> {
-    hostcalls::get_current_time().ok()
+    abi::now()
 }
 
 /// Microseconds since `start`, 0 when the clock is unavailable.
@@ -23,34 +25,38 @@ pub fn micros_since(start: Option<SystemTime>) -> u64 {
 }
 
 pub fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+    abi::log(level, message);
+}
+
+pub fn set_tick_period(period: Duration) {
+    abi::set_tick_period(period);
 }
 
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    abi::get_header(MapType::HttpRequestHeaders, name)
 }
 
-pub fn add_response_header(name: &str, value: &str) -> Result<(), Status> {
-    hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value)
+pub fn add_response_header(name: &str, value: &str) -> bool {
+    abi::add_header(MapType::HttpResponseHeaders, name, value)
 }
 
 pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
     if size == 0 {
         return Some(Vec::new());
     }
-    hostcalls::get_buffer(kind, 0, size).ok().flatten()
+    abi::get_buffer(kind, 0, size)
 }
 
 pub fn call_response_status() -> Option<u16> {
-    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok())
+    abi::get_header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
 }
 
-/// A POST with a JSON body to `cluster`; the token of the call.
+pub fn set_effective_context(context_id: u32) -> bool {
+    abi::set_effective_context(context_id)
+}
+
+/// A POST with a JSON body to `cluster`; the token of the call. (Dispatch must go through
+/// the SDK so that its dispatcher routes the answer back to this context.)
 pub fn post_json(
     cluster: &str,
     authority: &str,
@@ -81,14 +87,14 @@ pub fn get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Res
 /// Set the `ORIGINAL_DST` destination of the current request, then make Envoy re-match
 /// the route: the route table sends requests carrying this filter state to the
 /// `ORIGINAL_DST` cluster and all others to the fallback cluster, and the route was first
-/// matched before the state existed.
-pub fn set_original_dst(endpoint: &str) -> Result<(), Status> {
+/// matched before the state existed. `Err` carries the host's status.
+pub fn set_original_dst(endpoint: &str) -> Result<(), u32> {
     let args = set_filter_state_arguments(ORIGINAL_DST_KEY, endpoint);
-    hostcalls::call_foreign_function("set_envoy_filter_state", Some(&args))?;
-    hostcalls::call_foreign_function("clear_route_cache", None)?;
+    abi::call_foreign_function("set_envoy_filter_state", &args)?;
+    abi::call_foreign_function("clear_route_cache", &[])?;
     Ok(())
 }
 
 pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
+    abi::resume_request();
 }

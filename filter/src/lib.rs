@@ -24,6 +24,7 @@ pub mod request_gate;
 pub mod route_api;
 pub mod tokenizer_fetch;
 
+mod abi;
 mod host;
 mod metrics;
 mod root;

@@ -2,9 +2,9 @@
 //! fail-open by reason, matched blocks, decision time, tokenizer loads. A metric that
 //! cannot be defined or recorded is skipped: observability must never break routing.
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::abi;
 use crate::fail_open::FailOpenReason;
 
 /// Metric ids of one VM (ids are per VM; Envoy aggregates same-named metrics).
@@ -21,18 +21,18 @@ pub struct FilterMetrics {
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
-    hostcalls::define_metric(kind, name).ok()
+    abi::define_metric(kind, name)
 }
 
 fn bump(id: Option<u32>) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        abi::increment_metric(id, 1);
     }
 }
 
 fn record(id: Option<u32>, value: u64) {
     if let Some(id) = id {
-        let _ = hostcalls::record_metric(id, value);
+        abi::record_metric(id, value);
     }
 }
 

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use kvroute_blockhash::PromptEncoder;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 
@@ -129,7 +128,7 @@ impl KvRouteRoot {
             }
         }
         if self.to_load.is_empty() {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+            host::set_tick_period(Duration::ZERO);
         }
     }
 }
@@ -179,7 +178,7 @@ impl RootContext for KvRouteRoot {
             if preload {
                 self.start_fetches();
             }
-            let _ = hostcalls::set_tick_period(TICK);
+            host::set_tick_period(TICK);
         }
         true
     }

@@ -151,7 +151,7 @@ impl KvRouteStream {
         };
         // Sent on the root context's behalf: a call owned by this request context would be
         // cancelled by Envoy when the context is destroyed, right after this log callback.
-        if proxy_wasm::hostcalls::set_effective_context(vm.root_context_id).is_err() {
+        if !host::set_effective_context(vm.root_context_id) {
             return;
         }
         let config = &vm.config;
@@ -169,7 +169,7 @@ impl KvRouteStream {
         {
             vm.metrics.completion_sent();
         }
-        let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id);
+        let _ = host::set_effective_context(self.context_id);
     }
 }
 
@@ -305,7 +305,7 @@ impl HttpContext for KvRouteStream {
         };
         if vm.config.debug_headers {
             if let Some(answer) = &self.answer {
-                let _ = host::add_response_header("x-kvroute-endpoint", &answer.endpoint);
+                host::add_response_header("x-kvroute-endpoint", &answer.endpoint);
                 let _ = host::add_response_header(
                     "x-kvroute-matched-blocks",
                     &answer.matched_blocks.to_string(),
