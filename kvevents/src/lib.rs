@@ -1,7 +1,19 @@
 //! kvroute-kvevents: vLLM's KV-event wire format, in one place.
 //!
-//! CONTRACT (owner fills in): frames `[topic, seq u64 BE, msgpack payload]`, payload
-//! `[ts, events, dp_rank]`; events as 0.10 tagged arrays or 0.3x maps tagged by "type".
+//! vLLM publishes each batch of KV-cache events as three ZeroMQ frames: the topic, an
+//! 8-byte big-endian sequence number, and a msgpack payload `[ts, events, dp_rank]`. The
+//! events changed shape between generations: vLLM 0.10 sent msgspec `array_like` tagged
+//! arrays (`["BlockStored", hashes, parent, token_ids, block_size, lora_id, medium]`),
+//! today's vLLM (0.3x) sends maps tagged by `"type"` with default fields omitted and new
+//! fields added over time. Block hashes are ints (the digest's low 64 bits, any msgpack
+//! width) or raw digest bytes. The decoder is tolerant: it walks a generic msgpack value,
+//! ignores fields it does not know, counts and skips events it cannot read, and refuses
+//! only a message whose frames or payload are not vLLM's. It never panics. The encoder
+//! writes what vLLM writes (used by the simulated engines and the tests).
+
+use std::io::Cursor;
+
+use rmpv::Value;
 
 /// Where a cached block lives on its engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -10,4 +22,566 @@ pub enum Medium {
     Gpu,
     Cpu,
     Storage,
+}
+
+impl Medium {
+    /// vLLM's medium names ("GPU", "CPU", ...); unknown names are lower tiers.
+    pub fn parse(s: &str) -> Medium {
+        match s.to_ascii_uppercase().as_str() {
+            "GPU" | "CUDA" | "HBM" => Medium::Gpu,
+            "CPU" | "CPU_TIER" | "DRAM" => Medium::Cpu,
+            _ => Medium::Storage,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Medium::Gpu => "GPU",
+            Medium::Cpu => "CPU",
+            Medium::Storage => "STORAGE",
+        }
+    }
+}
+
+/// A block hash as the engine published it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EngineHash {
+    Int(u64),
+    Bytes(Vec<u8>),
+}
+
+impl EngineHash {
+    /// The 64-bit value: the int, or the digest's low 64 bits (last 8 bytes, big-endian).
+    pub fn as_u64(&self) -> u64 {
+        match self {
+            EngineHash::Int(v) => *v,
+            EngineHash::Bytes(b) => {
+                let tail = &b[b.len().saturating_sub(8)..];
+                tail.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockStored {
+    pub block_hashes: Vec<EngineHash>,
+    pub parent_block_hash: Option<EngineHash>,
+    pub token_ids: Vec<u32>,
+    pub block_size: u32,
+    pub lora_id: Option<i64>,
+    pub medium: Option<Medium>,
+    pub lora_name: Option<String>,
+    /// One entry per block (usually nil; a cache salt on block 0, untagged).
+    pub extra_keys: Option<Vec<Option<Value>>>,
+    /// KV-cache group (hybrid models); 0.3x only.
+    pub group_idx: Option<u32>,
+    /// "full_attention", "sliding_window", ...; 0.3x only.
+    pub kv_cache_spec_kind: Option<String>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockRemoved {
+    pub block_hashes: Vec<EngineHash>,
+    pub medium: Option<Medium>,
+    pub group_idx: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvEvent {
+    BlockStored(BlockStored),
+    BlockRemoved(BlockRemoved),
+    AllBlocksCleared,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventBatch {
+    pub ts: f64,
+    pub events: Vec<KvEvent>,
+    pub data_parallel_rank: Option<u32>,
+    /// Events of an unknown type, or unreadable, that were skipped.
+    pub skipped_unknown: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvMessage {
+    pub topic: String,
+    pub seq: u64,
+    pub batch: EventBatch,
+}
+
+/// Why a message is not vLLM's.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("expected 3 frames [topic, seq, payload], got {0}")]
+    FrameCount(usize),
+    #[error("sequence frame must be 8 bytes, got {0}")]
+    SeqLength(usize),
+    #[error("payload is not msgpack: {0}")]
+    Msgpack(String),
+    #[error("payload shape: {0}")]
+    Shape(&'static str),
+}
+
+/// Which generation of the wire to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireGeneration {
+    /// vLLM 0.10: events as tagged arrays.
+    V010Arrays,
+    /// vLLM 0.3x: events as maps tagged by "type", defaults omitted.
+    V03xMaps,
+}
+
+/// Decode `[topic, seq, payload]`.
+pub fn decode_message(frames: &[&[u8]]) -> Result<KvMessage, DecodeError> {
+    let [topic, seq, payload] = frames else {
+        return Err(DecodeError::FrameCount(frames.len()));
+    };
+    let seq: [u8; 8] = (*seq)
+        .try_into()
+        .map_err(|_| DecodeError::SeqLength(seq.len()))?;
+    Ok(KvMessage {
+        topic: String::from_utf8_lossy(topic).into_owned(),
+        seq: u64::from_be_bytes(seq),
+        batch: decode_payload(payload)?,
+    })
+}
+
+/// Decode a msgpack payload `[ts, events, dp_rank]` (dp_rank may be absent or nil).
+pub fn decode_payload(payload: &[u8]) -> Result<EventBatch, DecodeError> {
+    let mut cursor = Cursor::new(payload);
+    let value = rmpv::decode::read_value_ref(&mut cursor)
+        .map_err(|e| DecodeError::Msgpack(e.to_string()))?
+        .to_owned();
+    let Value::Array(items) = value else {
+        return Err(DecodeError::Shape("payload is not an array"));
+    };
+    let mut items = items.into_iter();
+    let ts = match items.next() {
+        Some(v) => v
+            .as_f64()
+            .or_else(|| v.as_i64().map(|i| i as f64))
+            .ok_or(DecodeError::Shape("timestamp is not a number"))?,
+        None => return Err(DecodeError::Shape("empty payload")),
+    };
+    let Some(Value::Array(raw_events)) = items.next() else {
+        return Err(DecodeError::Shape("events are not an array"));
+    };
+    let data_parallel_rank = items
+        .next()
+        .and_then(|v| v.as_u64())
+        .and_then(|v| u32::try_from(v).ok());
+    let mut batch = EventBatch {
+        ts,
+        events: Vec::with_capacity(raw_events.len()),
+        data_parallel_rank,
+        skipped_unknown: 0,
+    };
+    for raw in raw_events {
+        match decode_event(raw) {
+            Some(e) => batch.events.push(e),
+            None => batch.skipped_unknown += 1,
+        }
+    }
+    Ok(batch)
+}
+
+/// The fields of one event, whatever its generation, by name.
+struct Fields {
+    kind: String,
+    get: Vec<(String, Value)>,
+}
+
+impl Fields {
+    fn take(&mut self, name: &str) -> Option<Value> {
+        let i = self.get.iter().position(|(k, _)| k == name)?;
+        Some(self.get.swap_remove(i).1).filter(|v| !v.is_nil())
+    }
+}
+
+/// vLLM 0.10's positional layouts (msgspec array_like, tag first).
+fn positional_names(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "BlockStored" => Some(&[
+            "block_hashes",
+            "parent_block_hash",
+            "token_ids",
+            "block_size",
+            "lora_id",
+            "medium",
+            "lora_name",
+        ]),
+        "BlockRemoved" => Some(&["block_hashes", "medium"]),
+        "AllBlocksCleared" => Some(&[]),
+        _ => None,
+    }
+}
+
+fn fields_of(raw: Value) -> Option<Fields> {
+    match raw {
+        Value::Map(entries) => {
+            let mut get = Vec::with_capacity(entries.len());
+            let mut kind = None;
+            for (k, v) in entries {
+                let Some(k) = k.as_str().map(str::to_owned) else {
+                    continue;
+                };
+                if k == "type" {
+                    kind = v.as_str().map(str::to_owned);
+                } else {
+                    get.push((k, v));
+                }
+            }
+            Some(Fields { kind: kind?, get })
+        }
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            let kind = items.next()?.as_str()?.to_owned();
+            let names = positional_names(&kind).unwrap_or(&[]);
+            let get = names
+                .iter()
+                .zip(items)
+                .map(|(n, v)| ((*n).to_owned(), v))
+                .collect();
+            Some(Fields { kind, get })
+        }
+        _ => None,
+    }
+}
+
+fn decode_event(raw: Value) -> Option<KvEvent> {
+    let mut f = fields_of(raw)?;
+    match f.kind.as_str() {
+        "BlockStored" => {
+            let block_hashes = hashes(f.take("block_hashes")?)?;
+            let parent_block_hash = match f.take("parent_block_hash") {
+                None => None,
+                Some(v) => Some(hash(&v)?),
+            };
+            let token_ids = match f.take("token_ids")? {
+                Value::Array(ids) => ids
+                    .iter()
+                    .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect::<Option<Vec<u32>>>()?,
+                _ => return None,
+            };
+            let block_size = f
+                .take("block_size")
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())?;
+            let extra_keys = match f.take("extra_keys") {
+                Some(Value::Array(per_block)) => Some(
+                    per_block
+                        .into_iter()
+                        .map(|v| (!v.is_nil()).then_some(v))
+                        .collect(),
+                ),
+                _ => None,
+            };
+            Some(KvEvent::BlockStored(BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+                lora_id: f.take("lora_id").and_then(|v| v.as_i64()),
+                medium: f.take("medium").and_then(|v| v.as_str().map(Medium::parse)),
+                lora_name: f
+                    .take("lora_name")
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+                extra_keys,
+                group_idx: f
+                    .take("group_idx")
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as u32),
+                kv_cache_spec_kind: f
+                    .take("kv_cache_spec_kind")
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+                session_id: f
+                    .take("session_id")
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+            }))
+        }
+        "BlockRemoved" => Some(KvEvent::BlockRemoved(BlockRemoved {
+            block_hashes: hashes(f.take("block_hashes")?)?,
+            medium: f.take("medium").and_then(|v| v.as_str().map(Medium::parse)),
+            group_idx: f
+                .take("group_idx")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32),
+        })),
+        "AllBlocksCleared" => Some(KvEvent::AllBlocksCleared),
+        _ => None,
+    }
+}
+
+fn hashes(v: Value) -> Option<Vec<EngineHash>> {
+    match v {
+        Value::Array(items) => items.iter().map(hash).collect(),
+        _ => None,
+    }
+}
+
+fn hash(v: &Value) -> Option<EngineHash> {
+    match v {
+        Value::Integer(i) => i
+            .as_u64()
+            // Python's hash() of 0.10's builtin scheme can be negative: same 64 bits.
+            .or_else(|| i.as_i64().map(|n| n as u64))
+            .map(EngineHash::Int),
+        Value::Binary(b) => Some(EngineHash::Bytes(b.clone())),
+        _ => None,
+    }
+}
+
+fn hash_array(hashes: &[EngineHash]) -> Value {
+    Value::Array(hashes.iter().map(hash_value).collect())
+}
+
+fn hash_value(h: &EngineHash) -> Value {
+    match h {
+        EngineHash::Int(v) => Value::from(*v),
+        EngineHash::Bytes(b) => Value::Binary(b.clone()),
+    }
+}
+
+fn event_value(event: &KvEvent, generation: WireGeneration) -> Value {
+    let s = |x: &str| Value::from(x);
+    // (name, value, written even when None): vLLM 0.3x writes its required fields as nil
+    // and omits only those with defaults (session_id).
+    let (kind, fields): (&str, Vec<(&str, Option<Value>, bool)>) = match event {
+        KvEvent::BlockStored(e) => (
+            "BlockStored",
+            vec![
+                ("block_hashes", Some(hash_array(&e.block_hashes)), true),
+                (
+                    "parent_block_hash",
+                    e.parent_block_hash.as_ref().map(hash_value),
+                    true,
+                ),
+                (
+                    "token_ids",
+                    Some(Value::Array(
+                        e.token_ids.iter().map(|t| Value::from(*t)).collect(),
+                    )),
+                    true,
+                ),
+                ("block_size", Some(Value::from(e.block_size)), true),
+                ("lora_id", e.lora_id.map(Value::from), true),
+                ("medium", e.medium.map(|m| s(m.as_str())), true),
+                ("lora_name", e.lora_name.as_deref().map(s), true),
+                (
+                    "extra_keys",
+                    e.extra_keys.as_ref().map(|k| {
+                        Value::Array(k.iter().map(|v| v.clone().unwrap_or(Value::Nil)).collect())
+                    }),
+                    true,
+                ),
+                (
+                    "group_idx",
+                    Some(Value::from(e.group_idx.unwrap_or(0))),
+                    true,
+                ),
+                (
+                    "kv_cache_spec_kind",
+                    Some(s(e
+                        .kv_cache_spec_kind
+                        .as_deref()
+                        .unwrap_or("full_attention"))),
+                    true,
+                ),
+                ("session_id", e.session_id.as_deref().map(s), false),
+            ],
+        ),
+        KvEvent::BlockRemoved(e) => (
+            "BlockRemoved",
+            vec![
+                ("block_hashes", Some(hash_array(&e.block_hashes)), true),
+                ("medium", e.medium.map(|m| s(m.as_str())), true),
+                (
+                    "group_idx",
+                    Some(Value::from(e.group_idx.unwrap_or(0))),
+                    true,
+                ),
+            ],
+        ),
+        KvEvent::AllBlocksCleared => ("AllBlocksCleared", vec![]),
+    };
+    match generation {
+        WireGeneration::V03xMaps => {
+            let mut entries = vec![(s("type"), s(kind))];
+            entries.extend(fields.into_iter().filter_map(|(k, v, always)| match v {
+                Some(v) => Some((s(k), v)),
+                None => always.then(|| (s(k), Value::Nil)),
+            }));
+            Value::Map(entries)
+        }
+        WireGeneration::V010Arrays => {
+            let names = positional_names(kind).unwrap_or(&[]);
+            let mut items = vec![s(kind)];
+            // 0.10 had no lora_name/extra_keys: positional fields only, nil for None.
+            for name in names {
+                let v = fields
+                    .iter()
+                    .find(|(k, _, _)| k == name)
+                    .and_then(|(_, v, _)| v.clone())
+                    .unwrap_or(Value::Nil);
+                items.push(v);
+            }
+            if kind == "BlockStored" && items.last() == Some(&Value::Nil) {
+                items.pop(); // lora_name did not exist in 0.10
+            }
+            Value::Array(items)
+        }
+    }
+}
+
+/// The msgpack payload `[ts, events, dp_rank]` as vLLM writes it.
+pub fn encode_payload(batch: &EventBatch, generation: WireGeneration) -> Vec<u8> {
+    let events = batch
+        .events
+        .iter()
+        .map(|e| event_value(e, generation))
+        .collect();
+    let value = Value::Array(vec![
+        Value::F64(batch.ts),
+        Value::Array(events),
+        batch
+            .data_parallel_rank
+            .map(Value::from)
+            .unwrap_or(Value::Nil),
+    ]);
+    let mut out = Vec::with_capacity(256);
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, &value);
+    out
+}
+
+/// The three frames `[topic, seq, payload]` of one message.
+pub fn encode_message(
+    topic: &str,
+    seq: u64,
+    batch: &EventBatch,
+    generation: WireGeneration,
+) -> [Vec<u8>; 3] {
+    [
+        topic.as_bytes().to_vec(),
+        seq.to_be_bytes().to_vec(),
+        encode_payload(batch, generation),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> KvEvent {
+        KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![EngineHash::Int(u64::MAX - 1), EngineHash::Int(7)],
+            parent_block_hash: None,
+            token_ids: (0..128).collect(),
+            block_size: 64,
+            lora_id: None,
+            medium: Some(Medium::Gpu),
+            lora_name: None,
+            extra_keys: None,
+            group_idx: Some(0),
+            kv_cache_spec_kind: Some("full_attention".into()),
+            session_id: None,
+        })
+    }
+
+    #[test]
+    fn both_generations_round_trip() {
+        let batch = EventBatch {
+            ts: 1.5,
+            events: vec![
+                stored(),
+                KvEvent::BlockRemoved(BlockRemoved {
+                    block_hashes: vec![EngineHash::Bytes(vec![9; 32])],
+                    medium: Some(Medium::Cpu),
+                    group_idx: Some(0),
+                }),
+                KvEvent::AllBlocksCleared,
+            ],
+            data_parallel_rank: Some(1),
+            skipped_unknown: 0,
+        };
+        for generation in [WireGeneration::V03xMaps, WireGeneration::V010Arrays] {
+            let frames = encode_message("kv@10.0.0.1@m", 42, &batch, generation);
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let msg = decode_message(&refs).unwrap();
+            assert_eq!((msg.topic.as_str(), msg.seq), ("kv@10.0.0.1@m", 42));
+            let mut want = batch.clone();
+            if generation == WireGeneration::V010Arrays {
+                // 0.10 had no hybrid-model fields.
+                for e in &mut want.events {
+                    match e {
+                        KvEvent::BlockStored(s) => {
+                            s.group_idx = None;
+                            s.kv_cache_spec_kind = None;
+                        }
+                        KvEvent::BlockRemoved(r) => r.group_idx = None,
+                        KvEvent::AllBlocksCleared => {}
+                    }
+                }
+            }
+            assert_eq!(msg.batch, want, "{generation:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_events_are_counted_and_skipped() {
+        let value = Value::Array(vec![
+            Value::F64(0.0),
+            Value::Array(vec![
+                Value::Map(vec![(Value::from("type"), Value::from("SomethingNew"))]),
+                Value::Map(vec![
+                    (Value::from("type"), Value::from("BlockRemoved")),
+                    (
+                        Value::from("block_hashes"),
+                        Value::Array(vec![Value::from(5u64)]),
+                    ),
+                    (Value::from("new_field"), Value::from(true)),
+                ]),
+                Value::from("garbage"),
+            ]),
+        ]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &value).unwrap();
+        let batch = decode_payload(&buf).unwrap();
+        assert_eq!((batch.events.len(), batch.skipped_unknown), (1, 2));
+        assert_eq!(batch.data_parallel_rank, None);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let frames = encode_message(
+            "t",
+            1,
+            &EventBatch {
+                events: vec![stored()],
+                ..Default::default()
+            },
+            WireGeneration::V03xMaps,
+        );
+        let payload = &frames[2];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..3000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = payload.clone();
+            if round % 2 == 0 {
+                bytes.truncate((state as usize) % (payload.len() + 1));
+            } else {
+                let i = (state as usize) % bytes.len();
+                bytes[i] = (state >> 32) as u8;
+            }
+            let _ = decode_payload(&bytes);
+            let _ = decode_message(&[b"t", &bytes[..bytes.len().min(8)], &bytes]);
+        }
+        assert!(decode_message(&[b"t"]).is_err());
+        assert!(decode_message(&[b"t", b"123", payload]).is_err());
+    }
 }
