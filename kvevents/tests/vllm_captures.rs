@@ -39,7 +39,8 @@ fn check_run(run: &str) {
         assert_eq!(msg.topic, entry["topic"].as_str().unwrap());
         assert_eq!(msg.seq, entry["seq"].as_u64().unwrap());
         let batch = &entry["batch"];
-        assert_eq!(msg.batch.ts, batch[0].as_f64().unwrap());
+        // index.json rounds some timestamps in its last digit.
+        assert!((msg.batch.ts - batch[0].as_f64().unwrap()).abs() < 1e-5);
         assert_eq!(
             msg.batch.data_parallel_rank,
             batch[2].as_u64().map(|v| v as u32)
