@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod keys;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -22,11 +23,14 @@ struct Cli {
 enum Command {
     /// Print a request's prompt tokens and the block hashes vLLM will publish for it.
     Keys(keys::KeysArgs),
+    /// Run the indexer: consume vLLM KV events, answer which pod for each request.
+    Serve(Box<serve::ServeConfig>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Keys(args) => keys::run(args),
+        Command::Serve(config) => serve::run(*config),
     }
 }

@@ -1,20 +1,38 @@
 //! The global block index: key -> pods holding it (with medium), concurrent lookups while
 //! ingesting, bounded memory, per-pod bookkeeping for clears.
 //!
-//! CONTRACT between the index owner and ingestion. Keys are the u64 values the shared
-//! crate computes for a request (`RequestKeys::block_hashes`), so lookups need no
-//! translation; ingestion maps engine hashes to these keys when they differ.
+//! Keys are the u64 values the shared crate computes for a request
+//! (`RequestKeys::block_hashes`), so lookups need no translation; ingestion maps engine
+//! hashes to these keys when they differ. Each key holds two pod bitmasks (GPU, lower
+//! tiers) instead of a list: a million blocks then cost ~50 bytes each whatever the number
+//! of pods holding them, and a prefix match is a running AND over the request's keys. The
+//! price is a ceiling of [`MAX_PODS`] engines per indexer. Shards keep ingestion from
+//! blocking lookups; each shard forgets its oldest keys first when over its share of the
+//! bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, RwLock};
 
 use crate::pods::PodId;
 
 /// Where a cached block lives on its pod.
 pub use kvroute_kvevents::Medium;
 
+/// Engines one index can track (bits of a holder mask).
+pub const MAX_PODS: usize = 128;
+const SHARDS: usize = 16;
+
 /// One index mutation, as ingestion produces them from KV events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexOp {
-    Store { keys: Vec<u64>, medium: Medium },
-    Remove { keys: Vec<u64>, medium: Option<Medium> },
+    Store {
+        keys: Vec<u64>,
+        medium: Medium,
+    },
+    Remove {
+        keys: Vec<u64>,
+        medium: Option<Medium>,
+    },
     ClearPod,
 }
 
@@ -36,4 +54,367 @@ pub trait PodIndex: Send + Sync {
     /// Forget a pod entirely (it vanished from discovery or was dropped as dead).
     fn drop_pod(&self, pod: &PodId);
     fn entries(&self) -> usize;
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Holders {
+    gpu: u128,
+    lower: u128,
+}
+
+impl Holders {
+    fn any(&self) -> u128 {
+        self.gpu | self.lower
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<u64, Holders>,
+    /// Insertion order, for forgetting the oldest keys first. May hold keys removed since;
+    /// compacted when it grows past twice the live keys.
+    order: VecDeque<u64>,
+}
+
+/// Pod <-> bit slot.
+#[derive(Default)]
+struct Slots {
+    by_pod: HashMap<PodId, usize>,
+    pods: Vec<Option<PodId>>,
+}
+
+/// The key -> holders map, sharded.
+pub struct BlockIndex {
+    shards: Vec<RwLock<Shard>>,
+    slots: RwLock<Slots>,
+    max_entries_per_shard: usize,
+    /// Serializes slot allocation with the clearing of a freed slot's bits.
+    slot_lock: Mutex<()>,
+    full_pods_dropped: std::sync::atomic::AtomicU64,
+}
+
+impl BlockIndex {
+    /// An index that keeps at most about `max_entries` keys.
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            slots: RwLock::new(Slots::default()),
+            max_entries_per_shard: (max_entries / SHARDS).max(1),
+            slot_lock: Mutex::new(()),
+            full_pods_dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: u64) -> &RwLock<Shard> {
+        // Keys are hash values already: their low bits are uniform.
+        &self.shards[(key as usize) % SHARDS]
+    }
+
+    fn slot_of(&self, pod: &PodId) -> Option<usize> {
+        read(&self.slots).by_pod.get(pod).copied()
+    }
+
+    fn slot_or_assign(&self, pod: &PodId) -> Option<usize> {
+        if let Some(slot) = self.slot_of(pod) {
+            return Some(slot);
+        }
+        let _guard = self.slot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = write(&self.slots);
+        if let Some(slot) = slots.by_pod.get(pod) {
+            return Some(*slot);
+        }
+        let free = slots.pods.iter().position(Option::is_none);
+        let slot = match free {
+            Some(s) => s,
+            None if slots.pods.len() < MAX_PODS => {
+                slots.pods.push(None);
+                slots.pods.len() - 1
+            }
+            None => {
+                self.full_pods_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+        };
+        slots.pods[slot] = Some(pod.clone());
+        slots.by_pod.insert(pod.clone(), slot);
+        Some(slot)
+    }
+
+    fn store(&self, slot: usize, keys: &[u64], medium: Medium) {
+        let bit = 1u128 << slot;
+        for &key in keys {
+            let mut shard = write(self.shard(key));
+            let shard = &mut *shard;
+            let holders = match shard.map.get_mut(&key) {
+                Some(h) => h,
+                None => {
+                    shard.order.push_back(key);
+                    shard.map.entry(key).or_default()
+                }
+            };
+            match medium {
+                Medium::Gpu => holders.gpu |= bit,
+                Medium::Cpu | Medium::Storage => holders.lower |= bit,
+            }
+            self.enforce_bound(shard);
+        }
+    }
+
+    fn enforce_bound(&self, shard: &mut Shard) {
+        while shard.map.len() > self.max_entries_per_shard {
+            match shard.order.pop_front() {
+                Some(old) => {
+                    shard.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if shard.order.len() > 2 * shard.map.len() + 1024 {
+            let map = &shard.map;
+            let mut seen = std::collections::HashSet::with_capacity(map.len());
+            shard
+                .order
+                .retain(|k| map.contains_key(k) && seen.insert(*k));
+        }
+    }
+
+    fn remove(&self, slot: usize, keys: &[u64], medium: Option<Medium>) {
+        let bit = !(1u128 << slot);
+        for &key in keys {
+            let mut shard = write(self.shard(key));
+            if let Some(h) = shard.map.get_mut(&key) {
+                match medium {
+                    Some(Medium::Gpu) => h.gpu &= bit,
+                    Some(Medium::Cpu | Medium::Storage) => h.lower &= bit,
+                    None => {
+                        h.gpu &= bit;
+                        h.lower &= bit;
+                    }
+                }
+                if h.any() == 0 {
+                    shard.map.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn clear_slot(&self, slot: usize) {
+        let bit = !(1u128 << slot);
+        for shard in &self.shards {
+            let mut shard = write(shard);
+            shard.map.retain(|_, h| {
+                h.gpu &= bit;
+                h.lower &= bit;
+                h.any() != 0
+            });
+        }
+    }
+
+    /// Blocks held per pod, by medium (GPU, lower tiers), for `/v1/pods`.
+    pub fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)> {
+        let slots = read(&self.slots);
+        let mut counts = vec![(0usize, 0usize); slots.pods.len()];
+        for shard in &self.shards {
+            for h in read(shard).map.values() {
+                for (slot, c) in counts.iter_mut().enumerate() {
+                    let bit = 1u128 << slot;
+                    if h.gpu & bit != 0 {
+                        c.0 += 1;
+                    }
+                    if h.lower & bit != 0 {
+                        c.1 += 1;
+                    }
+                }
+            }
+        }
+        slots
+            .pods
+            .iter()
+            .zip(counts)
+            .filter_map(|(p, c)| p.clone().map(|p| (p, c)))
+            .collect()
+    }
+
+    /// Engines that could not be tracked because [`MAX_PODS`] were already.
+    pub fn pods_refused(&self) -> u64 {
+        self.full_pods_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl PodIndex for BlockIndex {
+    fn apply(&self, pod: &PodId, op: IndexOp) {
+        match op {
+            IndexOp::Store { keys, medium } => {
+                if let Some(slot) = self.slot_or_assign(pod) {
+                    self.store(slot, &keys, medium);
+                }
+            }
+            IndexOp::Remove { keys, medium } => {
+                if let Some(slot) = self.slot_of(pod) {
+                    self.remove(slot, &keys, medium);
+                }
+            }
+            IndexOp::ClearPod => {
+                if let Some(slot) = self.slot_of(pod) {
+                    self.clear_slot(slot);
+                }
+            }
+        }
+    }
+
+    fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
+        let mut alive_any = u128::MAX;
+        let mut alive_gpu = u128::MAX;
+        let mut gpu_run = [0usize; MAX_PODS];
+        let mut any_run = [0usize; MAX_PODS];
+        for (i, &key) in keys.iter().enumerate() {
+            let h = read(self.shard(key))
+                .map
+                .get(&key)
+                .copied()
+                .unwrap_or_default();
+            let (ended_any, ended_gpu) = (alive_any & !h.any(), alive_gpu & !h.gpu);
+            record_ends(ended_any, i, &mut any_run);
+            record_ends(ended_gpu, i, &mut gpu_run);
+            alive_any &= h.any();
+            alive_gpu &= h.gpu;
+            if alive_any == 0 {
+                break;
+            }
+        }
+        record_ends(alive_any, keys.len(), &mut any_run);
+        record_ends(alive_gpu, keys.len(), &mut gpu_run);
+        let slots = read(&self.slots);
+        slots
+            .pods
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, pod)| {
+                let pod = pod.as_ref()?;
+                (any_run[slot] > 0).then(|| PodMatch {
+                    pod: pod.clone(),
+                    gpu_blocks: gpu_run[slot],
+                    any_tier_blocks: any_run[slot],
+                })
+            })
+            .collect()
+    }
+
+    fn drop_pod(&self, pod: &PodId) {
+        let _guard = self.slot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = write(&self.slots).by_pod.remove(pod);
+        if let Some(slot) = slot {
+            self.clear_slot(slot);
+            write(&self.slots).pods[slot] = None;
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.shards.iter().map(|s| read(s).map.len()).sum()
+    }
+}
+
+/// Pods in `ended` held the prefix up to (not including) key `at`.
+fn record_ends(mut ended: u128, at: usize, runs: &mut [usize; MAX_PODS]) {
+    while ended != 0 {
+        let slot = ended.trailing_zeros() as usize;
+        ended &= ended - 1;
+        if slot < MAX_PODS && runs[slot] == 0 {
+            runs[slot] = at;
+        }
+    }
+}
+
+// A panic elsewhere cannot leave a shard half-updated in a way lookups would misread
+// (every update is a single map operation), so poisoned locks are still used.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(n: u8) -> PodId {
+        PodId {
+            endpoint: format!("10.0.0.{n}:8000").into(),
+            dp_rank: 0,
+        }
+    }
+
+    fn store(index: &BlockIndex, p: &PodId, keys: &[u64], medium: Medium) {
+        index.apply(
+            p,
+            IndexOp::Store {
+                keys: keys.to_vec(),
+                medium,
+            },
+        );
+    }
+
+    fn runs(index: &BlockIndex, keys: &[u64]) -> Vec<(String, usize, usize)> {
+        let mut v: Vec<_> = index
+            .match_prefix(keys)
+            .into_iter()
+            .map(|m| (m.pod.to_string(), m.gpu_blocks, m.any_tier_blocks))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn longest_consecutive_run_from_the_first_key_per_pod() {
+        let index = BlockIndex::new(1_000);
+        store(&index, &pod(1), &[1, 2, 3, 4], Medium::Gpu);
+        store(&index, &pod(2), &[1, 2], Medium::Gpu);
+        store(&index, &pod(2), &[4], Medium::Gpu); // a hole at 3: does not count
+        store(&index, &pod(3), &[2, 3], Medium::Gpu); // no first block: no match
+        store(&index, &pod(3), &[1], Medium::Cpu);
+        assert_eq!(
+            runs(&index, &[1, 2, 3, 4, 5]),
+            vec![
+                ("10.0.0.1:8000".into(), 4, 4),
+                ("10.0.0.2:8000".into(), 2, 2),
+                ("10.0.0.3:8000".into(), 0, 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_clear_and_drop() {
+        let index = BlockIndex::new(1_000);
+        store(&index, &pod(1), &[1, 2, 3], Medium::Gpu);
+        store(&index, &pod(2), &[1, 2, 3], Medium::Gpu);
+        index.apply(
+            &pod(1),
+            IndexOp::Remove {
+                keys: vec![2],
+                medium: None,
+            },
+        );
+        assert_eq!(runs(&index, &[1, 2, 3])[0].1, 1);
+        index.apply(&pod(2), IndexOp::ClearPod);
+        assert_eq!(runs(&index, &[1, 2, 3]).len(), 1);
+        index.drop_pod(&pod(1));
+        assert!(runs(&index, &[1, 2, 3]).is_empty());
+        assert_eq!(index.entries(), 0);
+    }
+
+    #[test]
+    fn the_oldest_keys_go_first_when_full() {
+        let index = BlockIndex::new(SHARDS * 4);
+        let keys: Vec<u64> = (0..(SHARDS as u64 * 8)).collect();
+        store(&index, &pod(1), &keys, Medium::Gpu);
+        assert!(index.entries() <= SHARDS * 4);
+        // The newest keys survive.
+        let last = *keys.last().unwrap();
+        assert_eq!(runs(&index, &[last]).len(), 1);
+        assert!(runs(&index, &[0]).is_empty());
+    }
 }

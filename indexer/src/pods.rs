@@ -1,11 +1,17 @@
 //! Who the engines are. A pod's identity is what routing answers with (its serving
 //! `ip:port`) plus its data-parallel rank, so ranks never share index entries.
 //!
-//! CONTRACT between ingestion (owner of this file) and index/scoring/HTTP. Extend freely;
-//! do not break without updating callers.
+//! The registry is the allow-list too: events from a publisher that is not a known engine
+//! (static list or DNS discovery) are dropped, so nobody else in the cluster can poison the
+//! index. It also keeps what `/v1/pods` shows per engine: how its keys are made, its last
+//! sequence number, when it last spoke, and its load.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::scoring::PodLoad;
 
 /// One engine (one data-parallel rank of one vLLM pod).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,5 +28,220 @@ impl fmt::Display for PodId {
         } else {
             write!(f, "{}#dp{}", self.endpoint, self.dp_rank)
         }
+    }
+}
+
+/// How an engine's published hashes become index keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyMode {
+    /// Not decided yet: no event could be checked against the shared crate.
+    Probing,
+    /// The engine's values are the index keys (same hash scheme and seed as ours).
+    Native,
+    /// Keys recomputed from each event's tokens (other scheme or seed, e.g. `sha256`).
+    Rekey,
+}
+
+/// What `/v1/pods` reports for one engine.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PodStatus {
+    pub endpoint: String,
+    pub dp_rank: u32,
+    pub model: Option<String>,
+    pub key_mode: KeyMode,
+    pub last_seq: Option<u64>,
+    pub seconds_since_last_event: Option<f64>,
+    pub block_size: Option<usize>,
+    pub gpu_blocks: usize,
+    pub lower_tier_blocks: usize,
+    pub orphans_dropped: u64,
+    pub stale: bool,
+    pub load: PodLoad,
+}
+
+#[derive(Debug, Clone)]
+struct PodState {
+    model: Option<String>,
+    key_mode: KeyMode,
+    last_seq: Option<u64>,
+    last_event: Option<Instant>,
+    block_size: Option<usize>,
+    orphans: u64,
+    stale: bool,
+    load: PodLoad,
+}
+
+impl Default for PodState {
+    fn default() -> Self {
+        Self {
+            model: None,
+            key_mode: KeyMode::Probing,
+            last_seq: None,
+            last_event: None,
+            block_size: None,
+            orphans: 0,
+            stale: false,
+            load: PodLoad::default(),
+        }
+    }
+}
+
+/// Known engines and their state.
+#[derive(Debug, Default)]
+pub struct PodRegistry {
+    pods: RwLock<BTreeMap<PodId, PodState>>,
+    /// The model assumed for engines that have not said theirs (single-model fleets).
+    default_model: Option<String>,
+}
+
+impl PodRegistry {
+    pub fn new(default_model: Option<String>) -> Self {
+        Self {
+            pods: RwLock::new(BTreeMap::new()),
+            default_model,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PodId, PodState>> {
+        self.pods.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<PodId, PodState>> {
+        self.pods.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add an engine (static list, discovery, or a new DP rank of a known endpoint).
+    pub fn add(&self, pod: PodId) {
+        self.write().entry(pod).or_default();
+    }
+
+    /// Forget an engine; returns whether it was known.
+    pub fn remove(&self, pod: &PodId) -> bool {
+        self.write().remove(pod).is_some()
+    }
+
+    /// Whether `endpoint` (any DP rank) is a known engine.
+    pub fn knows_endpoint(&self, endpoint: &str) -> bool {
+        self.read().keys().any(|p| &*p.endpoint == endpoint)
+    }
+
+    pub fn all(&self) -> Vec<PodId> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Engines serving `model`, with their load.
+    pub fn pods_for_model(&self, model: &str) -> Vec<(PodId, PodLoad)> {
+        self.read()
+            .iter()
+            .filter(|(_, s)| s.model.as_deref().or(self.default_model.as_deref()) == Some(model))
+            .map(|(p, s)| (p.clone(), s.load))
+            .collect()
+    }
+
+    /// Models some engine serves.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .read()
+            .values()
+            .filter_map(|s| s.model.clone().or_else(|| self.default_model.clone()))
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
+    /// Apply `f` to an engine's state, if known.
+    fn update(&self, pod: &PodId, f: impl FnOnce(&mut PodState)) {
+        if let Some(s) = self.write().get_mut(pod) {
+            f(s);
+        }
+    }
+
+    pub fn record_event(
+        &self,
+        pod: &PodId,
+        model: Option<&str>,
+        seq: u64,
+        block_size: Option<usize>,
+    ) {
+        self.update(pod, |s| {
+            if let Some(m) = model {
+                if s.model.as_deref() != Some(m) {
+                    s.model = Some(m.to_owned());
+                }
+            }
+            s.last_seq = Some(seq);
+            s.last_event = Some(Instant::now());
+            if block_size.is_some() {
+                s.block_size = block_size;
+            }
+        });
+    }
+
+    pub fn set_key_mode(&self, pod: &PodId, mode: KeyMode) {
+        self.update(pod, |s| s.key_mode = mode);
+    }
+
+    pub fn key_mode(&self, pod: &PodId) -> KeyMode {
+        self.read()
+            .get(pod)
+            .map(|s| s.key_mode)
+            .unwrap_or(KeyMode::Probing)
+    }
+
+    pub fn add_orphans(&self, pod: &PodId, n: u64) {
+        self.update(pod, |s| s.orphans += n);
+    }
+
+    pub fn set_stale(&self, pod: &PodId, stale: bool) {
+        self.update(pod, |s| s.stale = stale);
+    }
+
+    pub fn block_size(&self, model: &str) -> Option<usize> {
+        self.read()
+            .values()
+            .filter(|s| s.model.as_deref().or(self.default_model.as_deref()) == Some(model))
+            .find_map(|s| s.block_size)
+    }
+
+    pub fn set_load(&self, pod: &PodId, f: impl FnOnce(&mut PodLoad)) {
+        self.update(pod, |s| f(&mut s.load));
+    }
+
+    /// Engines silent for longer than `max_silence` (candidates for a health check).
+    pub fn silent_for(&self, max_silence: std::time::Duration) -> Vec<PodId> {
+        self.read()
+            .iter()
+            .filter(|(_, s)| s.last_event.is_some_and(|t| t.elapsed() > max_silence))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Per-engine status; `blocks` gives (GPU, lower-tier) block counts from the index.
+    pub fn snapshot(
+        &self,
+        blocks: &std::collections::HashMap<PodId, (usize, usize)>,
+    ) -> Vec<PodStatus> {
+        self.read()
+            .iter()
+            .map(|(p, s)| {
+                let (gpu, lower) = blocks.get(p).copied().unwrap_or_default();
+                PodStatus {
+                    endpoint: p.endpoint.to_string(),
+                    dp_rank: p.dp_rank,
+                    model: s.model.clone().or_else(|| self.default_model.clone()),
+                    key_mode: s.key_mode,
+                    last_seq: s.last_seq,
+                    seconds_since_last_event: s.last_event.map(|t| t.elapsed().as_secs_f64()),
+                    block_size: s.block_size,
+                    gpu_blocks: gpu,
+                    lower_tier_blocks: lower,
+                    orphans_dropped: s.orphans,
+                    stale: s.stale,
+                    load: s.load,
+                }
+            })
+            .collect()
     }
 }

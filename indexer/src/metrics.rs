@@ -1,0 +1,155 @@
+//! The indexer's Prometheus metrics, one registry for routing and ingestion.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every counter the daemon exposes on `/metrics`.
+pub struct Metrics {
+    pub events: Family<TypeLabel, Counter>,
+    pub decode_errors: Counter,
+    pub unknown_events: Counter,
+    pub unknown_publishers: Counter,
+    pub seq_gaps: Counter,
+    pub seq_restarts: Counter,
+    pub replays: Counter,
+    pub orphans: Counter,
+    pub index_entries: Gauge,
+    pub route_decisions: Family<ReasonLabel, Counter>,
+    pub route_errors: Family<ReasonLabel, Counter>,
+    pub route_seconds: Histogram,
+    pub matched_blocks: Counter,
+    pub requested_blocks: Counter,
+    pub registry: Registry,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let events = Family::<TypeLabel, Counter>::default();
+        let decode_errors = Counter::default();
+        let unknown_events = Counter::default();
+        let unknown_publishers = Counter::default();
+        let seq_gaps = Counter::default();
+        let seq_restarts = Counter::default();
+        let replays = Counter::default();
+        let orphans = Counter::default();
+        let index_entries = Gauge::default();
+        let route_decisions = Family::<ReasonLabel, Counter>::default();
+        let route_errors = Family::<ReasonLabel, Counter>::default();
+        let route_seconds =
+            Histogram::new([1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2].into_iter());
+        let matched_blocks = Counter::default();
+        let requested_blocks = Counter::default();
+        let mut registry = Registry::with_prefix("kvroute");
+        registry.register("kv_events", "KV events applied, by type", events.clone());
+        registry.register(
+            "kv_decode_errors",
+            "Malformed KV-event messages skipped",
+            decode_errors.clone(),
+        );
+        registry.register(
+            "kv_unknown_events",
+            "KV events of unknown type skipped",
+            unknown_events.clone(),
+        );
+        registry.register(
+            "kv_unknown_publishers",
+            "KV-event messages from publishers that are not known engines, dropped",
+            unknown_publishers.clone(),
+        );
+        registry.register("kv_seq_gaps", "Sequence gaps seen", seq_gaps.clone());
+        registry.register(
+            "kv_seq_restarts",
+            "Publisher sequence restarts (engine restarted)",
+            seq_restarts.clone(),
+        );
+        registry.register("kv_replays", "Replay requests sent", replays.clone());
+        registry.register(
+            "kv_orphan_blocks",
+            "Re-keyed blocks dropped because their parent was unknown",
+            orphans.clone(),
+        );
+        registry.register(
+            "index_entries",
+            "Keys in the block index",
+            index_entries.clone(),
+        );
+        registry.register(
+            "route_decisions",
+            "Routing decisions, by reason",
+            route_decisions.clone(),
+        );
+        registry.register(
+            "route_errors",
+            "Routing requests refused, by reason",
+            route_errors.clone(),
+        );
+        registry.register(
+            "route_duration_seconds",
+            "Time to decide a route",
+            route_seconds.clone(),
+        );
+        registry.register(
+            "route_matched_blocks",
+            "Blocks matched on the chosen pod",
+            matched_blocks.clone(),
+        );
+        registry.register(
+            "route_requested_blocks",
+            "Blocks in routed requests",
+            requested_blocks.clone(),
+        );
+        Self {
+            events,
+            decode_errors,
+            unknown_events,
+            unknown_publishers,
+            seq_gaps,
+            seq_restarts,
+            replays,
+            orphans,
+            index_entries,
+            route_decisions,
+            route_errors,
+            route_seconds,
+            matched_blocks,
+            requested_blocks,
+            registry,
+        }
+    }
+
+    pub fn event(&self, kind: &str) {
+        self.events
+            .get_or_create(&TypeLabel {
+                r#type: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

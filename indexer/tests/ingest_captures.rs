@@ -1,0 +1,232 @@
+//! Ingestion against real vLLM 0.32 frames, without sockets: the captured stream applied in
+//! order must leave the index holding exactly what vLLM held, keyed so that the request's
+//! own computed keys match; with the engines' seed the keys are vLLM's values ("native"),
+//! with another seed they are recomputed from token ids ("rekey") and still match.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
+use kvroute_indexer::index::{BlockIndex, IndexOp, PodIndex};
+use kvroute_indexer::ingest::{DropReason, Ingest, IngestConfig, Outcome, Source};
+use kvroute_indexer::metrics::Metrics;
+use kvroute_indexer::pods::{KeyMode, PodId, PodRegistry};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn config(engines: &[&str]) -> IngestConfig {
+    IngestConfig {
+        zmq_bind: None,
+        engines: engines.iter().map(|s| s.to_string()).collect(),
+        engine_dns: None,
+        dns_interval_secs: 10,
+        zmq_port: 5557,
+        engine_port: 8000,
+        replay_port: None,
+        topic_pattern: "kv@{host}@{model}".into(),
+        silence_timeout_secs: 60,
+    }
+}
+
+struct Setup {
+    ingest: Ingest,
+    index: Arc<BlockIndex>,
+    registry: Arc<PodRegistry>,
+    metrics: Arc<Metrics>,
+}
+
+fn setup(seed: &str) -> Setup {
+    let index = Arc::new(BlockIndex::new(1 << 20));
+    let registry = Arc::new(PodRegistry::new(None));
+    let metrics = Arc::new(Metrics::new());
+    let ingest = Ingest::new(
+        config(&["127.0.0.1"]),
+        index.clone(),
+        registry.clone(),
+        metrics.clone(),
+        HashConfig {
+            scheme: HashScheme::Sha256Cbor,
+            block_size: 64,
+            seed: Some(seed.into()),
+        },
+        ExtraKeysStyle::Tagged,
+    );
+    Setup {
+        ingest,
+        index,
+        registry,
+        metrics,
+    }
+}
+
+/// Captured messages (frames) in order, with the request each is attributed to.
+fn captured(run: &str) -> Vec<(Vec<Vec<u8>>, String)> {
+    let dir = repo().join("testdata/vllm-0.32").join(run);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let frames = e["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
+                .collect();
+            (
+                frames,
+                e["attributed_request"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn request_ids(name: &str) -> Vec<u32> {
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
+    )
+    .unwrap();
+    doc["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()["prompt_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn keys_for(name: &str, seed: &str) -> Vec<u64> {
+    BlockHasher::new(HashConfig {
+        scheme: HashScheme::Sha256Cbor,
+        block_size: 64,
+        seed: Some(seed.into()),
+    })
+    .event_values(&request_ids(name))
+}
+
+fn pod() -> PodId {
+    PodId {
+        endpoint: "127.0.0.1:8000".into(),
+        dp_rank: 0,
+    }
+}
+
+/// Feed the stream up to (not including) the first message attributed to `stop_at`.
+fn feed_until(s: &Setup, run: &str, stop_at: &str) {
+    for (frames, attributed) in captured(run) {
+        if attributed == stop_at {
+            break;
+        }
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let out = s.ingest.handle(Source::Dialed("127.0.0.1"), &refs, false);
+        assert!(matches!(out, Outcome::Applied { .. }), "{out:?}");
+    }
+}
+
+fn matched(s: &Setup, keys: &[u64]) -> usize {
+    s.index
+        .match_prefix(keys)
+        .iter()
+        .find(|m| m.pod == pod())
+        .map(|m| m.gpu_blocks)
+        .unwrap_or(0)
+}
+
+#[test]
+fn native_mode_with_the_engines_seed() {
+    for run in ["sha256_cbor_seed42", "sha256_cbor_seed42_byteshashes"] {
+        let s = setup("42");
+        feed_until(&s, run, "evict_0");
+        assert_eq!(s.registry.key_mode(&pod()), KeyMode::Native, "{run}");
+        // round2 was served with 128 of its tokens cached: two full blocks known before it,
+        // and its own blocks after it.
+        assert_eq!(matched(&s, &keys_for("round2", "42")), 4, "{run}");
+        assert_eq!(
+            matched(&s, &keys_for("plain_a", "42")),
+            keys_for("plain_a", "42").len()
+        );
+    }
+}
+
+#[test]
+fn evictions_remove_blocks_as_vllm_did() {
+    let s = setup("42");
+    // After the six eviction requests vLLM had evicted round1 (it was recomputed with 0
+    // cached tokens afterwards).
+    feed_until(&s, "sha256_cbor_seed42", "round1_after_evict");
+    assert_eq!(matched(&s, &keys_for("round1", "42")), 0);
+    assert!(s.metrics.encode().contains("block_removed"));
+}
+
+#[test]
+fn rekey_mode_with_another_seed_still_matches_our_keys() {
+    let s = setup("7");
+    feed_until(&s, "sha256_cbor_seed42", "evict_0");
+    assert_eq!(s.registry.key_mode(&pod()), KeyMode::Rekey);
+    let ours = keys_for("round2", "7");
+    assert_eq!(matched(&s, &ours), 4);
+    // vLLM's own values are not keys in this mode.
+    assert_eq!(matched(&s, &keys_for("round2", "42")), 0);
+}
+
+#[test]
+fn reset_clears_and_restart_clears() {
+    let s = setup("42");
+    feed_until(&s, "sha256_cbor_seed42", "round1_after_reset");
+    // /reset_prefix_cache: AllBlocksCleared arrived at the next engine step.
+    assert_eq!(matched(&s, &keys_for("plain_a", "42")), 0);
+
+    let s = setup("42");
+    feed_until(&s, "sha256_cbor_seed42", "evict_0");
+    assert!(s.index.entries() > 0);
+    // The same stream again from seq 0: the engine restarted.
+    let (frames, _) = &captured("sha256_cbor_seed42")[0];
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    s.ingest.handle(Source::Dialed("127.0.0.1"), &refs, false);
+    assert_eq!(matched(&s, &keys_for("plain_a", "42")), 0);
+    assert!(s
+        .metrics
+        .encode()
+        .contains("kvroute_kv_seq_restarts_total 1"));
+}
+
+#[test]
+fn a_gap_without_replay_relearns_and_unknown_publishers_are_dropped() {
+    let s = setup("42");
+    let stream = captured("sha256_cbor_seed42");
+    let feed = |i: usize| {
+        let refs: Vec<&[u8]> = stream[i].0.iter().map(Vec::as_slice).collect();
+        s.ingest.handle(Source::Dialed("127.0.0.1"), &refs, false)
+    };
+    feed(0);
+    feed(1);
+    feed(3); // seq 2 lost
+    assert!(s.metrics.encode().contains("kvroute_kv_seq_gaps_total 1"));
+    assert!(s.registry.snapshot(&Default::default())[0].stale);
+
+    // Bound socket: a topic naming a host that is not a known engine.
+    let mut frames = stream[0].0.clone();
+    frames[0] = b"kv@10.66.6.6@Qwen3-32B".to_vec();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        s.ingest.handle(Source::Bound, &refs, false),
+        Outcome::Dropped(DropReason::UnknownPublisher)
+    );
+    let garbage: [&[u8]; 3] = [b"kv@127.0.0.1@m", &[0u8; 8], b"\xc1\xc1"];
+    assert_eq!(
+        s.ingest.handle(Source::Bound, &garbage, false),
+        Outcome::Dropped(DropReason::Malformed)
+    );
+    // The model comes from the topic.
+    assert_eq!(s.registry.models(), vec!["Qwen3-32B".to_string()]);
+    s.index.apply(&pod(), IndexOp::ClearPod);
+}
