@@ -25,8 +25,9 @@ def sha256_cbor(x):
 
 
 def sha256_cbor_64bit(x):
-    # vLLM 0.10.0-0.10.1: the first 8 bytes of the digest, big-endian, chained as an int.
-    return int.from_bytes(sha256_cbor(x)[:8], byteorder="big")
+    # vLLM 0.10.0-0.10.1 (vllm/utils/__init__.py): the whole digest as a big-endian int,
+    # masked to its low 64 bits, chained as that int.
+    return int.from_bytes(sha256_cbor(x), byteorder="big") & ((1 << 64) - 1)
 
 
 def xxhash_cbor(x):
@@ -41,9 +42,10 @@ SCHEMES = {
 
 
 def event_value(digest):
+    # vLLM's maybe_convert_block_hash: int.from_bytes(digest, "big") & ((1 << 64) - 1).
     if isinstance(digest, int):
         return digest
-    return int.from_bytes(digest[-8:], byteorder="big")
+    return int.from_bytes(digest, byteorder="big") & ((1 << 64) - 1)
 
 
 def hex_of(digest):
@@ -54,6 +56,8 @@ def extra_keys(extras, block_index, style):
     keys = []
     if extras.get("lora_name"):
         if style == "tagged":
+            # vLLM 0.32+: ("lora", name, path). Without a known path the router keeps a
+            # ("lora", name) key: it matches no engine but never collides with the base model.
             tagged = ("lora", extras["lora_name"])
             if extras.get("lora_path"):
                 tagged += (extras["lora_path"],)
@@ -79,6 +83,8 @@ def token_sets():
     # Widths that exercise every CBOR integer head: <24, u8, u16, u32.
     edge = [0, 1, 23, 24, 255, 256, 65535, 65536, 151643, 151645, 4294967295]
     return {
+        "empty": [],
+        "short_of_a_block": [7, 8, 9],
         "one_block_small": list(range(16)),
         "edges": (edge * 12)[:128],
         "partial_tail": list(range(1000, 1000 + 16 * 3 + 5)),
@@ -92,6 +98,7 @@ def main():
         "none": {},
         "cache_salt": {"cache_salt": "tenant-a"},
         "lora": {"lora_name": "sql-adapter"},
+        "lora_path": {"lora_name": "sql-adapter", "lora_path": "/adapters/sql-adapter"},
         "lora_path_and_salt": {"lora_name": "sql-adapter", "lora_path": "/adapters/sql", "cache_salt": "s\u00e9l"},
     }
     for scheme, h in SCHEMES.items():
@@ -103,6 +110,11 @@ def main():
                             if ex_name == "none" and style == "bare":
                                 continue
                             digests = chain(h, seed, tokens, block_size, extras, style)
+                            none = h(seed if seed is not None else DEFAULT_SEED)
+                            first_cbor = None
+                            if len(tokens) >= block_size:
+                                first = (none, tuple(tokens[:block_size]), extra_keys(extras, 0, style))
+                                first_cbor = cbor2.dumps(first, canonical=True).hex()
                             cases.append({
                                 "scheme": scheme,
                                 "seed": seed,
@@ -111,6 +123,7 @@ def main():
                                 "extras": extras,
                                 "style": style,
                                 "none_hash": hex_of(h(seed if seed is not None else DEFAULT_SEED)),
+                                "first_block_cbor": first_cbor,
                                 "digests": [hex_of(d) for d in digests],
                                 "event_values": [event_value(d) for d in digests],
                             })
@@ -131,18 +144,30 @@ def main():
 
 
 def cross_check_with_vllm(cases):
+    """Recomputes the extra-key-free cases with vLLM's own hash functions, where vLLM imports."""
     try:
-        from vllm.utils.hashing import sha256_cbor as vllm_sha256_cbor  # type: ignore
+        import vllm  # type: ignore  # noqa: F401
     except Exception:
         return False
-    for c in cases:
-        if c["scheme"] != "sha256_cbor" or c["extras"]:
+    theirs = {}
+    for module in ("vllm.utils.hashing", "vllm.utils"):
+        try:
+            mod = __import__(module, fromlist=["*"])
+        except Exception:
             continue
-        tokens = token_sets()[c["tokens"]]
-        got = chain(vllm_sha256_cbor, c["seed"], tokens, c["block_size"], {}, "tagged")
-        if [d.hex() for d in got] != c["digests"]:
-            sys.exit(f"vLLM disagrees on {c['tokens']}/{c['seed']}")
-    return True
+        for name in SCHEMES:
+            if name not in theirs and hasattr(mod, name):
+                theirs[name] = getattr(mod, name)
+    if not theirs:
+        return False
+    for c in cases:
+        fn = theirs.get(c["scheme"])
+        if fn is None or c["extras"]:
+            continue
+        got = chain(fn, c["seed"], token_sets()[c["tokens"]], c["block_size"], {}, "tagged")
+        if [hex_of(d) for d in got] != c["digests"]:
+            sys.exit(f"vLLM disagrees on {c['scheme']}/{c['tokens']}/{c['seed']}")
+    return sorted(theirs)
 
 
 if __name__ == "__main__":

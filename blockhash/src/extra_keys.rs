@@ -1,13 +1,22 @@
 //! Per-block extra keys (cache salt, LoRA adapter) as vLLM folds them into the hash.
 //!
 //! Two requests with the same tokens but a different `cache_salt` or LoRA adapter must not
-//! share KV blocks, so vLLM adds an `extra_keys` tuple to each block's hash input. Its shape
-//! changed between versions: today's vLLM tags each key (`("cache_salt", salt)`, checked
-//! against a real vLLM 0.32 capture with a salted request), older versions put the bare
-//! values. vLLM builds the tuple as LoRA keys, then cache-salt keys; the salt goes on the
-//! first block only, the LoRA key on every block.
+//! share KV blocks, so vLLM adds an `extra_keys` tuple to each block's hash input: LoRA keys,
+//! then cache-salt keys (multimodal and prompt-embeds keys, which a text router never sees,
+//! sit between and after them). The salt goes on the first block only, the LoRA key on every
+//! block; a block with no keys hashes `None`. The shape changed across versions (read in
+//! vLLM's sources, `vllm/v1/core/kv_cache_utils.py`):
+//!
+//! - vLLM 0.32+ ([`ExtraKeysStyle::Tagged`]): `("lora", lora_name, lora_path)` and
+//!   `("cache_salt", salt)`. The salted request of the real vLLM 0.32 capture set proves the
+//!   salt form. vLLM refuses a LoRA without a path, so the router must be told the path the
+//!   engines loaded the adapter from; KV events publish the keys untagged (name only), so
+//!   the path cannot be learnt from them.
+//! - vLLM 0.12-0.31 ([`ExtraKeysStyle::Bare`]): the bare `lora_name` and bare salt.
+//! - vLLM 0.10-0.11 hashed the adapter's integer `lora_int_id` instead of its name; build
+//!   such keys with [`ExtraKey::Int`] directly.
 
-/// Today's vLLM tags each extra key (`("cache_salt", s)`); older versions put bare values.
+/// vLLM 0.32+ tags each extra key (`("cache_salt", s)`); older versions put bare values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExtraKeysStyle {
     #[default]
@@ -40,6 +49,19 @@ pub struct RequestExtras {
 }
 
 impl RequestExtras {
+    /// Refuses extras whose tagged LoRA key cannot be built: vLLM 0.32+ hashes the
+    /// adapter's path, and without it [`RequestExtras::block_extra_keys`] falls back to a
+    /// `("lora", name)` key that keeps the adapter's blocks apart from the base model's
+    /// (a miss, never a false hit) but equals no engine's hash.
+    pub fn check(&self, style: ExtraKeysStyle) -> Result<(), crate::Error> {
+        match (style, &self.lora_name, &self.lora_path) {
+            (ExtraKeysStyle::Tagged, Some(name), None) => Err(crate::Error::Config(format!(
+                "LoRA adapter {name:?}: tagged extra keys need the adapter's path as the engines loaded it"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Block `block_index`'s extra keys, or `None` when vLLM hashes `None` there.
     pub fn block_extra_keys(
         &self,
@@ -125,5 +147,32 @@ mod tests {
             RequestExtras::default().block_extra_keys(0, ExtraKeysStyle::Tagged),
             None
         );
+    }
+
+    #[test]
+    fn tagged_lora_keys_carry_name_and_path() {
+        let mut extras = RequestExtras {
+            cache_salt: Some("s".into()),
+            lora_name: Some("ad".into()),
+            lora_path: Some("/p".into()),
+        };
+        let lora = ExtraKey::Tuple(vec![
+            ExtraKey::text("lora"),
+            ExtraKey::text("ad"),
+            ExtraKey::text("/p"),
+        ]);
+        let salt = ExtraKey::Tuple(vec![ExtraKey::text("cache_salt"), ExtraKey::text("s")]);
+        assert_eq!(
+            extras.block_extra_keys(0, ExtraKeysStyle::Tagged),
+            Some(BlockExtraKeys(vec![lora.clone(), salt]))
+        );
+        assert_eq!(
+            extras.block_extra_keys(3, ExtraKeysStyle::Tagged),
+            Some(BlockExtraKeys(vec![lora]))
+        );
+        assert!(extras.check(ExtraKeysStyle::Tagged).is_ok());
+        extras.lora_path = None;
+        assert!(extras.check(ExtraKeysStyle::Tagged).is_err());
+        assert!(extras.check(ExtraKeysStyle::Bare).is_ok());
     }
 }

@@ -69,12 +69,40 @@ impl FromStr for HashScheme {
 }
 
 /// How to hash: scheme, block size and the `NONE_HASH` seed.
+///
+/// `NONE_HASH` is `H(seed)` with `seed` a Python `str` (CBOR text), in every vLLM version.
+/// Only vLLM >= 0.32 with a cryptographic scheme (`sha256_cbor`) falls back to a fixed
+/// `"vllm-none-hash"` when `PYTHONHASHSEED` is unset; vLLM 0.10-0.31 (every scheme) and
+/// today's `xxhash_cbor` draw a random per-process seed instead, which no router can
+/// reproduce. [`HashConfig::check`] refuses those configurations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashConfig {
     pub scheme: HashScheme,
     pub block_size: usize,
     /// vLLM's `PYTHONHASHSEED`; `None` means vLLM's default `"vllm-none-hash"`.
     pub seed: Option<String>,
+}
+
+impl HashConfig {
+    /// The seed string `NONE_HASH` is derived from.
+    pub fn effective_seed(&self) -> &str {
+        self.seed.as_deref().unwrap_or(DEFAULT_SEED)
+    }
+
+    /// Refuses configurations whose hashes cannot equal any vLLM engine's: a zero block
+    /// size, or no seed for a scheme where vLLM then uses a random `NONE_HASH`.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.block_size == 0 {
+            return Err(Error::Config("block size must be at least 1".into()));
+        }
+        if self.seed.is_none() && self.scheme != HashScheme::Sha256Cbor {
+            return Err(Error::Config(format!(
+                "{} needs the engines' PYTHONHASHSEED: without it vLLM seeds NONE_HASH randomly",
+                self.scheme
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for HashConfig {
@@ -96,8 +124,9 @@ pub enum BlockDigest {
 }
 
 impl BlockDigest {
-    /// The 64-bit value vLLM publishes in KV events for this block: the digest's low
-    /// 64 bits, big-endian (its last 8 bytes); the int itself for the 64-bit scheme.
+    /// The 64-bit value vLLM publishes in KV events for this block:
+    /// `int.from_bytes(digest, "big") & ((1 << 64) - 1)`, i.e. the digest's last 8 bytes
+    /// read big-endian (vLLM >= 0.10.2); the chained int itself for the 64-bit scheme.
     pub fn event_value(&self) -> u64 {
         match self {
             BlockDigest::Sha256(d) => low_u64(d),
@@ -130,12 +159,20 @@ pub struct BlockHasher {
 }
 
 impl BlockHasher {
+    /// A hasher for `config` as given; see [`BlockHasher::try_new`] for one that refuses
+    /// configurations no vLLM engine can match.
     pub fn new(config: HashConfig) -> Self {
-        let seed = config.seed.as_deref().unwrap_or(DEFAULT_SEED);
+        let seed = config.effective_seed();
         let mut buf = Vec::with_capacity(seed.len() + 9);
         cbor_text(&mut buf, seed);
         let none_hash = digest(config.scheme, &buf);
         Self { config, none_hash }
+    }
+
+    /// [`BlockHasher::new`] after [`HashConfig::check`].
+    pub fn try_new(config: HashConfig) -> Result<Self, Error> {
+        config.check()?;
+        Ok(Self::new(config))
     }
 
     pub fn config(&self) -> &HashConfig {
@@ -162,6 +199,19 @@ impl BlockHasher {
         self.hash_block_into(&mut buf, parent, tokens, extra)
     }
 
+    /// The canonical CBOR bytes vLLM hashes for one block (what [`BlockHasher::hash_block`]
+    /// digests), exposed so tests can compare them with `cbor2`'s output byte for byte.
+    pub fn block_cbor(
+        &self,
+        parent: &BlockDigest,
+        tokens: &[u32],
+        extra: Option<&BlockExtraKeys>,
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64 + tokens.len() * 5);
+        encode_block(&mut buf, parent, tokens, extra);
+        buf
+    }
+
     fn hash_block_into(
         &self,
         buf: &mut Vec<u8>,
@@ -170,18 +220,7 @@ impl BlockHasher {
         extra: Option<&BlockExtraKeys>,
     ) -> BlockDigest {
         buf.clear();
-        buf.push(0x83); // array(3)
-        match parent {
-            BlockDigest::Sha256(d) => cbor_bytes(buf, d),
-            BlockDigest::Xxh128(d) => cbor_bytes(buf, d),
-            BlockDigest::U64(v) => cbor_head(buf, 0, *v),
-        }
-        cbor_head(buf, 4, tokens.len() as u64);
-        cbor_token_ids(buf, tokens);
-        match extra {
-            None => buf.push(0xf6), // null
-            Some(keys) => cbor_extra_keys(buf, &keys.0),
-        }
+        encode_block(buf, parent, tokens, extra);
         digest(self.config.scheme, buf)
     }
 
@@ -215,15 +254,33 @@ impl BlockHasher {
     }
 }
 
+/// `(parent, tuple(tokens), extra_keys or None)` as canonical CBOR, appended to `buf`.
+fn encode_block(
+    buf: &mut Vec<u8>,
+    parent: &BlockDigest,
+    tokens: &[u32],
+    extra: Option<&BlockExtraKeys>,
+) {
+    buf.push(0x83); // array(3)
+    match parent {
+        BlockDigest::Sha256(d) => cbor_bytes(buf, d),
+        BlockDigest::Xxh128(d) => cbor_bytes(buf, d),
+        BlockDigest::U64(v) => cbor_head(buf, 0, *v),
+    }
+    cbor_head(buf, 4, tokens.len() as u64);
+    cbor_token_ids(buf, tokens);
+    match extra {
+        None => buf.push(0xf6), // null
+        Some(keys) => cbor_extra_keys(buf, &keys.0),
+    }
+}
+
 fn digest(scheme: HashScheme, bytes: &[u8]) -> BlockDigest {
     match scheme {
         HashScheme::Sha256Cbor => BlockDigest::Sha256(Sha256::digest(bytes).into()),
-        HashScheme::Sha256Cbor64Bit => {
-            let d: [u8; 32] = Sha256::digest(bytes).into();
-            let mut head = [0u8; 8];
-            head.copy_from_slice(&d[..8]);
-            BlockDigest::U64(u64::from_be_bytes(head))
-        }
+        // vLLM 0.10.0-0.10.1: `int.from_bytes(sha256(cbor), "big") & ((1 << 64) - 1)`,
+        // i.e. the digest's last 8 bytes, the same bytes later versions publish.
+        HashScheme::Sha256Cbor64Bit => BlockDigest::U64(low_u64(&Sha256::digest(bytes))),
         HashScheme::XxhashCbor => {
             let v = xxhash_rust::xxh3::xxh3_128(bytes);
             BlockDigest::Xxh128(v.to_be_bytes())
@@ -349,6 +406,22 @@ mod tests {
         let all = h.chain(None, &tokens, &|_| None);
         let tail = h.chain(Some(&all[0]), &tokens[4..], &|_| None);
         assert_eq!(&all[1..], &tail[..]);
+    }
+
+    #[test]
+    fn configurations_vllm_seeds_randomly_are_refused() {
+        let unseeded = |scheme| HashConfig {
+            scheme,
+            block_size: 64,
+            seed: None,
+        };
+        assert!(BlockHasher::try_new(unseeded(HashScheme::Sha256Cbor)).is_ok());
+        assert!(BlockHasher::try_new(unseeded(HashScheme::Sha256Cbor64Bit)).is_err());
+        assert!(BlockHasher::try_new(unseeded(HashScheme::XxhashCbor)).is_err());
+        assert!(BlockHasher::try_new(cfg(HashScheme::XxhashCbor)).is_ok());
+        let mut zero = cfg(HashScheme::Sha256Cbor);
+        zero.block_size = 0;
+        assert!(zero.check().is_err());
     }
 
     #[test]
