@@ -198,13 +198,24 @@ impl Envoy {
 
     /// Wait until `loads` tokenizer loads were counted (one per VM and model).
     pub fn wait_tokenizers(&mut self, loads: u64, timeout: Duration) -> anyhow::Result<()> {
+        let listen = self.listen;
+        let mut last_poke = std::time::Instant::now() - Duration::from_secs(1);
+        let mut poke_result = String::from("no request sent");
+        let mut seen = 0;
         let ok = wait_until(timeout, || {
-            self.filter_stat("kvroute_tokenizer_loads")
-                .is_ok_and(|n| n >= loads)
+            if last_poke.elapsed() >= Duration::from_millis(100) {
+                poke_result = match http::send(listen, "GET", "/kvroute-warmup", &[], b"") {
+                    Ok(r) => format!("status {}", r.status),
+                    Err(e) => format!("error {e}"),
+                };
+                last_poke = std::time::Instant::now();
+            }
+            seen = self.filter_stat("kvroute_tokenizer_loads").unwrap_or(0);
+            seen >= loads
         });
         if !ok {
             bail!(
-                "filter tokenizers not loaded\n{}",
+                "filter tokenizers not loaded ({seen} of {loads} loads; last warm-up request: {poke_result})\n{}",
                 self.process.log_tail(4000)
             );
         }

@@ -9,7 +9,6 @@ use kvroute_tests::scripted_indexer::RouteScript;
 use kvroute_tests::stack::{IndexerSpec, Stack};
 
 #[test]
-#[ignore = "until kvroute-blockhash's PromptEncoder is implemented (issue 2)"]
 fn the_filter_sends_the_hashes_vllm_published() {
     let captures: serde_json::Value = serde_json::from_slice(
         &std::fs::read(paths::repo_root().join("testdata/vllm-0.32/requests.json"))
