@@ -7,16 +7,16 @@
 //! block; a block with no keys hashes `None`. The shape changed across versions (read in
 //! vLLM's sources, `vllm/v1/core/kv_cache_utils.py`):
 //!
-//! - vLLM 0.32+ ([`ExtraKeysStyle::Tagged`]): `("lora", lora_name, lora_path)` and
+//! - vLLM 0.31+ ([`ExtraKeysStyle::Tagged`]): `("lora", lora_name, lora_path)` and
 //!   `("cache_salt", salt)`. The salted request of the real vLLM 0.32 capture set proves the
 //!   salt form. vLLM refuses a LoRA without a path, so the router must be told the path the
 //!   engines loaded the adapter from; KV events publish the keys untagged (name only), so
 //!   the path cannot be learnt from them.
-//! - vLLM 0.12-0.31 ([`ExtraKeysStyle::Bare`]): the bare `lora_name` and bare salt.
+//! - vLLM 0.12-0.30 ([`ExtraKeysStyle::Bare`]): the bare `lora_name` and bare salt.
 //! - vLLM 0.10-0.11 hashed the adapter's integer `lora_int_id` instead of its name; build
 //!   such keys with [`ExtraKey::Int`] directly.
 
-/// vLLM 0.32+ tags each extra key (`("cache_salt", s)`); older versions put bare values.
+/// vLLM 0.31+ tags each extra key (`("cache_salt", s)`); older versions put bare values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExtraKeysStyle {
     #[default]
@@ -49,7 +49,7 @@ pub struct RequestExtras {
 }
 
 impl RequestExtras {
-    /// Refuses extras whose tagged LoRA key cannot be built: vLLM 0.32+ hashes the
+    /// Refuses extras whose tagged LoRA key cannot be built: vLLM 0.31+ hashes the
     /// adapter's path, and without it [`RequestExtras::block_extra_keys`] falls back to a
     /// `("lora", name)` key that keeps the adapter's blocks apart from the base model's
     /// (a miss, never a false hit) but equals no engine's hash.

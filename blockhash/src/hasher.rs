@@ -71,10 +71,10 @@ impl FromStr for HashScheme {
 /// How to hash: scheme, block size and the `NONE_HASH` seed.
 ///
 /// `NONE_HASH` is `H(seed)` with `seed` a Python `str` (CBOR text), in every vLLM version.
-/// Only vLLM >= 0.32 with a cryptographic scheme (`sha256_cbor`) falls back to a fixed
-/// `"vllm-none-hash"` when `PYTHONHASHSEED` is unset; vLLM 0.10-0.31 (every scheme) and
-/// today's `xxhash_cbor` draw a random per-process seed instead, which no router can
-/// reproduce. [`HashConfig::check`] refuses those configurations.
+/// Only vLLM >= 0.30 with a cryptographic scheme (`sha256_cbor`) falls back to a fixed
+/// `"vllm-none-hash"` when `PYTHONHASHSEED` is unset; vLLM 0.10-0.28 (every scheme) and
+/// `xxhash_cbor` in every version draw a random per-process seed instead, which no router
+/// can reproduce. [`HashConfig::check`] refuses those configurations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashConfig {
     pub scheme: HashScheme,
