@@ -29,8 +29,9 @@ pub struct IngestConfig {
     /// Without it the indexer connects to each engine's PUB socket.
     #[arg(long)]
     pub zmq_bind: Option<String>,
-    /// A known engine, HOST or HOST:ZMQ_PORT (repeatable).
-    #[arg(long = "engine", value_name = "HOST[:ZMQ_PORT]")]
+    /// A known engine, HOST[:ZMQ_PORT][=HTTP_PORT] (repeatable). The HTTP port defaults to
+    /// --engine-port; give it when engines share a host (local stacks).
+    #[arg(long = "engine", value_name = "HOST[:ZMQ_PORT][=HTTP_PORT]")]
     pub engines: Vec<String>,
     /// Discover engines by resolving this name (a headless Service), NAME:ZMQ_PORT.
     #[arg(long, value_name = "NAME:ZMQ_PORT")]
@@ -55,10 +56,19 @@ pub struct IngestConfig {
     pub silence_timeout_secs: u64,
 }
 
+/// One engine as configured: where its events come from, where its requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSpec {
+    pub host: String,
+    pub zmq_port: u16,
+    /// The engine's OpenAI server, `host:port`: its identity.
+    pub endpoint: Arc<str>,
+}
+
 /// Where a message came from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
-    /// From the engine the indexer dialed (its host).
+    /// From the engine the indexer dialed (its endpoint).
     Dialed(&'a str),
     /// From the bound socket: the topic says who.
     Bound,
@@ -72,6 +82,7 @@ pub enum Outcome {
     },
     /// Not applied: events `from..to` were missed and a replay should be tried first.
     NeedsReplay {
+        endpoint: String,
         host: String,
         from: u64,
         to: u64,
@@ -99,8 +110,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     hash: HashConfig,
     style: ExtraKeysStyle,
-    /// Hosts allowed to publish (static list + discovery).
-    allowed: Mutex<BTreeSet<String>>,
+    /// Engines allowed to publish (static list + discovery).
+    allowed: Mutex<Vec<EngineSpec>>,
     state: Mutex<State>,
 }
 
@@ -120,49 +131,59 @@ impl Ingest {
             metrics,
             hash,
             style,
-            allowed: Mutex::new(BTreeSet::new()),
+            allowed: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
         };
         for engine in ingest.config.engines.clone() {
-            let (host, _) = ingest.split_engine(&engine);
-            ingest.allow(&host);
+            let spec = ingest.parse_engine(&engine);
+            ingest.allow(spec);
         }
         ingest
     }
 
-    fn split_engine(&self, spec: &str) -> (String, u16) {
-        match spec.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() && !h.is_empty() => {
+    /// `HOST[:ZMQ_PORT][=HTTP_PORT]`.
+    pub fn parse_engine(&self, spec: &str) -> EngineSpec {
+        let (zmq, http) = match spec.split_once('=') {
+            Some((z, h)) => (z, h.parse::<u16>().ok()),
+            None => (spec, None),
+        };
+        let (host, zmq_port) = match zmq.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.contains(':') => {
                 (h.to_owned(), p.parse().unwrap_or(self.config.zmq_port))
             }
-            _ => (spec.to_owned(), self.config.zmq_port),
+            _ => (zmq.to_owned(), self.config.zmq_port),
+        };
+        let endpoint = format!("{host}:{}", http.unwrap_or(self.config.engine_port)).into();
+        EngineSpec {
+            host,
+            zmq_port,
+            endpoint,
         }
     }
 
-    fn endpoint_of(&self, host: &str) -> Arc<str> {
-        format!("{host}:{}", self.config.engine_port).into()
-    }
-
-    /// Accept events from `host` and route to it.
-    pub fn allow(&self, host: &str) {
-        self.allowed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(host.to_owned());
+    /// Accept events from this engine and route to it.
+    pub fn allow(&self, spec: EngineSpec) {
         self.registry.add(PodId {
-            endpoint: self.endpoint_of(host),
+            endpoint: spec.endpoint.clone(),
             dp_rank: 0,
         });
+        let mut allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        if !allowed.contains(&spec) {
+            allowed.push(spec);
+        }
     }
 
-    /// Stop believing `host`: drop its pods and their blocks.
+    /// Stop believing `host`: drop its engines and their blocks.
     pub fn disallow(&self, host: &str) {
-        self.allowed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(host);
-        let endpoint = self.endpoint_of(host);
-        self.drop_endpoint(&endpoint);
+        let gone: Vec<EngineSpec> = {
+            let mut allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+            let (gone, kept) = allowed.drain(..).partition(|s| s.host == host);
+            *allowed = kept;
+            gone
+        };
+        for spec in gone {
+            self.drop_endpoint(&spec.endpoint);
+        }
     }
 
     fn drop_endpoint(&self, endpoint: &str) {
@@ -180,15 +201,29 @@ impl Ingest {
         }
     }
 
-    fn is_allowed(&self, host: &str) -> bool {
+    /// The endpoint of the known engine a topic names: by host, and by port when the
+    /// topic carries one and several engines share the host.
+    fn endpoint_for_topic(&self, host: &str, port: Option<u16>) -> Option<Arc<str>> {
+        let allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        let on_host: Vec<&EngineSpec> = allowed.iter().filter(|s| s.host == host).collect();
+        let by_port = port.and_then(|p| {
+            on_host.iter().find(|s| {
+                s.zmq_port == p || s.endpoint.rsplit(':').next() == Some(p.to_string().as_str())
+            })
+        });
+        by_port.or(on_host.first()).map(|s| s.endpoint.clone())
+    }
+
+    fn is_allowed_endpoint(&self, endpoint: &str) -> bool {
         self.allowed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(host)
+            .iter()
+            .any(|s| &*s.endpoint == endpoint)
     }
 
-    /// (host without port, model) from a topic, per the configured pattern.
-    pub fn parse_topic(&self, topic: &str) -> Option<(String, Option<String>)> {
+    /// (host, port if any, model) from a topic, per the configured pattern.
+    pub fn parse_topic(&self, topic: &str) -> Option<(String, Option<u16>, Option<String>)> {
         let pattern = &self.config.topic_pattern;
         let h = pattern.find("{host}")?;
         let prefix = &pattern[..h];
@@ -206,12 +241,15 @@ impl Ingest {
             }
             None => (rest.strip_suffix(rest_pat).unwrap_or(rest), None),
         };
-        // `kv@10.0.0.5:5557@model`: the host without its ZeroMQ port.
-        let host = match host.rsplit_once(':') {
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
-            _ => host,
+        // `kv@10.0.0.5:5557@model`: the host and its port.
+        let (host, port) = match host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse::<u16>() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => (host, None),
+            },
+            _ => (host, None),
         };
-        Some((host.to_owned(), model))
+        Some((host.to_owned(), port, model))
     }
 
     /// Decode one message and apply it. `force` applies past a sequence gap (replay failed
@@ -226,19 +264,26 @@ impl Ingest {
             }
         };
         let topic = self.parse_topic(&msg.topic);
-        let host = match source {
-            Source::Dialed(h) => h.to_owned(),
-            Source::Bound => match &topic {
-                Some((h, _)) if self.is_allowed(h) => h.clone(),
-                _ => {
+        let endpoint: Arc<str> = match source {
+            Source::Dialed(e) => e.into(),
+            Source::Bound => match topic
+                .as_ref()
+                .and_then(|(h, p, _)| self.endpoint_for_topic(h, *p))
+            {
+                Some(e) => e,
+                None => {
                     self.metrics.unknown_publishers.inc();
                     return Outcome::Dropped(DropReason::UnknownPublisher);
                 }
             },
         };
-        let model = topic.and_then(|(_, m)| m);
+        let host = endpoint
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_else(|| endpoint.to_string());
+        let model = topic.and_then(|(_, _, m)| m);
         let pod = PodId {
-            endpoint: self.endpoint_of(&host),
+            endpoint,
             dp_rank: msg.batch.data_parallel_rank.unwrap_or(0),
         };
         self.registry.add(pod.clone());
@@ -253,6 +298,7 @@ impl Ingest {
             } else if msg.seq > last + 1 {
                 if self.config.replay_port.is_some() && !force {
                     return Outcome::NeedsReplay {
+                        endpoint: pod.endpoint.to_string(),
                         host,
                         from: last + 1,
                         to: msg.seq,
@@ -351,8 +397,8 @@ impl Ingest {
             tasks.spawn(bind_loop(self.clone(), addr, shutdown.clone()));
         } else {
             for engine in self.config.engines.clone() {
-                let (host, port) = self.split_engine(&engine);
-                tasks.spawn(connect_loop(self.clone(), host, port, shutdown.clone()));
+                let spec = self.parse_engine(&engine);
+                tasks.spawn(connect_loop(self.clone(), spec, shutdown.clone()));
             }
         }
         if let Some(name) = self.config.engine_dns.clone() {
@@ -364,10 +410,16 @@ impl Ingest {
 
     /// Feed a message from a socket, replaying a gap first when the engine offers it.
     async fn feed(&self, source: Source<'_>, frames: &[&[u8]]) {
-        if let Outcome::NeedsReplay { host, from, to } = self.handle(source, frames, false) {
+        if let Outcome::NeedsReplay {
+            endpoint,
+            host,
+            from,
+            to,
+        } = self.handle(source, frames, false)
+        {
             self.metrics.replays.inc();
             let replayed = match self.config.replay_port {
-                Some(port) => replay(self, &host, port, from, to).await,
+                Some(port) => replay(self, &endpoint, &host, port, from, to).await,
                 None => Ok(()),
             };
             if let Err(e) = replayed {
@@ -408,13 +460,8 @@ async fn bind_loop(ingest: Arc<Ingest>, addr: String, mut shutdown: watch::Recei
     }
 }
 
-async fn connect_loop(
-    ingest: Arc<Ingest>,
-    host: String,
-    port: u16,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let addr = format!("tcp://{host}:{port}");
+async fn connect_loop(ingest: Arc<Ingest>, spec: EngineSpec, mut shutdown: watch::Receiver<bool>) {
+    let addr = format!("tcp://{}:{}", spec.host, spec.zmq_port);
     loop {
         let mut socket = zeromq::SubSocket::new();
         let connected = async {
@@ -439,7 +486,7 @@ async fn connect_loop(
                     Ok(m) => {
                         let frames = frames_of(&m);
                         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-                        ingest.feed(Source::Dialed(&host), &refs).await;
+                        ingest.feed(Source::Dialed(&spec.endpoint), &refs).await;
                     }
                     Err(e) => {
                         tracing::warn!(%addr, "engine stream broken, reconnecting: {e}");
@@ -448,7 +495,7 @@ async fn connect_loop(
                 }
             }
         }
-        if !ingest.is_allowed(&host) {
+        if !ingest.is_allowed_endpoint(&spec.endpoint) {
             return;
         }
     }
@@ -456,7 +503,14 @@ async fn connect_loop(
 
 /// Ask the engine's replay socket for `from..to`; vLLM answers each with `[seq, payload]`
 /// and ends with seq -1.
-async fn replay(ingest: &Ingest, host: &str, port: u16, from: u64, to: u64) -> anyhow::Result<()> {
+async fn replay(
+    ingest: &Ingest,
+    endpoint: &str,
+    host: &str,
+    port: u16,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<()> {
     let mut socket = zeromq::DealerSocket::new();
     let addr = format!("tcp://{host}:{port}");
     tokio::time::timeout(Duration::from_secs(2), socket.connect(&addr)).await??;
@@ -484,7 +538,7 @@ async fn replay(ingest: &Ingest, host: &str, port: u16, from: u64, to: u64) -> a
             return Ok(());
         }
         ingest.handle(
-            Source::Dialed(host),
+            Source::Dialed(endpoint),
             &[topic.as_bytes(), seq, payload],
             true,
         );
@@ -492,7 +546,10 @@ async fn replay(ingest: &Ingest, host: &str, port: u16, from: u64, to: u64) -> a
 }
 
 async fn discovery_loop(ingest: Arc<Ingest>, name: String, mut shutdown: watch::Receiver<bool>) {
-    let (dns, port) = ingest.split_engine(&name);
+    let (dns, port) = match name.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(ingest.config.zmq_port)),
+        None => (name.clone(), ingest.config.zmq_port),
+    };
     let mut known: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut tick =
         tokio::time::interval(Duration::from_secs(ingest.config.dns_interval_secs.max(1)));
@@ -511,14 +568,14 @@ async fn discovery_loop(ingest: Arc<Ingest>, name: String, mut shutdown: watch::
         for host in &found {
             if !known.contains_key(host) {
                 tracing::info!(%host, "engine discovered");
-                ingest.allow(host);
+                let spec = EngineSpec {
+                    host: host.clone(),
+                    zmq_port: port,
+                    endpoint: format!("{host}:{}", ingest.config.engine_port).into(),
+                };
+                ingest.allow(spec.clone());
                 let task = if ingest.config.zmq_bind.is_none() {
-                    tokio::spawn(connect_loop(
-                        ingest.clone(),
-                        host.clone(),
-                        port,
-                        shutdown.clone(),
-                    ))
+                    tokio::spawn(connect_loop(ingest.clone(), spec, shutdown.clone()))
                 } else {
                     tokio::spawn(async {})
                 };

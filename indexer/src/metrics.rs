@@ -49,8 +49,7 @@ impl Metrics {
         let index_entries = Gauge::default();
         let route_decisions = Family::<ReasonLabel, Counter>::default();
         let route_errors = Family::<ReasonLabel, Counter>::default();
-        let route_seconds =
-            Histogram::new([1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2].into_iter());
+        let route_seconds = Histogram::new([1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2]);
         let matched_blocks = Counter::default();
         let requested_blocks = Counter::default();
         let mut registry = Registry::with_prefix("kvroute");

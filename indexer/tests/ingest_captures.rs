@@ -127,7 +127,9 @@ fn feed_until(s: &Setup, run: &str, stop_at: &str) {
             break;
         }
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-        let out = s.ingest.handle(Source::Dialed("127.0.0.1"), &refs, false);
+        let out = s
+            .ingest
+            .handle(Source::Dialed("127.0.0.1:8000"), &refs, false);
         assert!(matches!(out, Outcome::Applied { .. }), "{out:?}");
     }
 }
@@ -191,7 +193,8 @@ fn reset_clears_and_restart_clears() {
     // The same stream again from seq 0: the engine restarted.
     let (frames, _) = &captured("sha256_cbor_seed42")[0];
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    s.ingest.handle(Source::Dialed("127.0.0.1"), &refs, false);
+    s.ingest
+        .handle(Source::Dialed("127.0.0.1:8000"), &refs, false);
     assert_eq!(matched(&s, &keys_for("plain_a", "42")), 0);
     assert!(s
         .metrics
@@ -205,7 +208,8 @@ fn a_gap_without_replay_relearns_and_unknown_publishers_are_dropped() {
     let stream = captured("sha256_cbor_seed42");
     let feed = |i: usize| {
         let refs: Vec<&[u8]> = stream[i].0.iter().map(Vec::as_slice).collect();
-        s.ingest.handle(Source::Dialed("127.0.0.1"), &refs, false)
+        s.ingest
+            .handle(Source::Dialed("127.0.0.1:8000"), &refs, false)
     };
     feed(0);
     feed(1);

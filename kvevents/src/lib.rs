@@ -345,11 +345,14 @@ fn hash_value(h: &EngineHash) -> Value {
     }
 }
 
+/// A field as written: name, value, and whether it is written as nil when absent.
+type WireField = (&'static str, Option<Value>, bool);
+
 fn event_value(event: &KvEvent, generation: WireGeneration) -> Value {
     let s = |x: &str| Value::from(x);
     // (name, value, written even when None): vLLM 0.3x writes its required fields as nil
     // and omits only those with defaults (session_id).
-    let (kind, fields): (&str, Vec<(&str, Option<Value>, bool)>) = match event {
+    let (kind, fields): (&str, Vec<WireField>) = match event {
         KvEvent::BlockStored(e) => (
             "BlockStored",
             vec![
