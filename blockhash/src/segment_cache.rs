@@ -149,7 +149,8 @@ mod tests {
 
     #[test]
     fn hits_after_first_encode_and_stays_within_its_bound() {
-        let cache = SegmentCache::new(2_000);
+        // Each entry costs 300 text bytes + 300 ids * 4 + 64 = 1,564: two fit, three do not.
+        let cache = SegmentCache::new(3_500);
         let a = "a".repeat(300);
         let b = "b".repeat(300);
         let c = "c".repeat(300);
@@ -161,7 +162,8 @@ mod tests {
         cache.get_or_encode(&a, encode).unwrap(); // a is now more recent than b
         cache.get_or_encode(&c, encode).unwrap(); // evicts b
         let st = cache.stats();
-        assert!(st.bytes <= 2_000, "{st:?}");
+        assert!(st.bytes <= 3_500, "{st:?}");
+        assert_eq!(st.entries, 2, "{st:?}");
         assert!(cache.get_or_encode(&a, |_| Err(())).is_ok());
         assert!(cache.get_or_encode(&b, |_| Err(())).is_err());
     }

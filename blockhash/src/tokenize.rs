@@ -148,10 +148,17 @@ fn added_token_split(tokenizer_json: &[u8]) -> Result<Option<AddedTokenSplit>> {
     struct File {
         #[serde(default)]
         added_tokens: Vec<Added>,
+        #[serde(default)]
+        pre_tokenizer: serde_json::Value,
     }
     let file: File =
         serde_json::from_slice(tokenizer_json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    // The tokenizer cuts at added tokens first and normalizes and pre-tokenizes each piece
+    // on its own, which is what makes our cut exact. One rule looks past its piece:
+    // Metaspace's prepend_scheme "first" prepends only to the piece at offset 0 of the
+    // whole text, so encoding pieces separately would prepend to every one.
     if file.added_tokens.is_empty()
+        || prepends_first_only(&file.pre_tokenizer)
         || file
             .added_tokens
             .iter()
@@ -169,5 +176,57 @@ fn added_token_split(tokenizer_json: &[u8]) -> Result<Option<AddedTokenSplit>> {
     }))
 }
 
+/// Whether a pre-tokenizer (or one inside a Sequence) is Metaspace with
+/// `prepend_scheme: "first"`.
+fn prepends_first_only(pre_tokenizer: &serde_json::Value) -> bool {
+    match pre_tokenizer {
+        serde_json::Value::Object(o) => {
+            (o.get("type").and_then(|t| t.as_str()) == Some("Metaspace")
+                && o.get("prepend_scheme").and_then(|p| p.as_str()) == Some("first"))
+                || o.get("pretokenizers").is_some_and(prepends_first_only)
+        }
+        serde_json::Value::Array(items) => items.iter().any(prepends_first_only),
+        _ => false,
+    }
+}
+
 /// Shared across requests and threads.
 pub type SharedTokenizer = Arc<PromptTokenizer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer_json(pre_tokenizer: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"<s>": 0, "▁a": 1, "a": 2, "<unk>": 3},
+                      "unk_token": "<unk>"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn metaspace_first_only_disables_the_cut_and_is_needed() {
+        let first = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true}]});
+        let tok = PromptTokenizer::from_json(&tokenizer_json(first), 1 << 20).unwrap();
+        assert!(!tok.uses_segment_cache());
+        // The whole-text encode prepends only before the first piece: cutting would not.
+        assert_eq!(tok.encode_chat("a<s>a").unwrap(), vec![1, 0, 2]);
+
+        let always = serde_json::json!(
+            {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+        let tok = PromptTokenizer::from_json(&tokenizer_json(always), 1 << 20).unwrap();
+        assert!(tok.uses_segment_cache());
+        assert_eq!(
+            tok.encode_chat("a<s>a").unwrap(),
+            tok.encode_uncached("a<s>a", false).unwrap()
+        );
+    }
+}
