@@ -12,6 +12,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, Response, StatusCode, Uri};
 use axum::Router;
 
+use crate::kv_engine::KvPublisher;
+
 /// One request as the backend received it.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -25,6 +27,7 @@ pub struct Hit {
 struct Shared {
     name: String,
     hits: Arc<Mutex<Vec<Hit>>>,
+    kv: Option<Arc<KvPublisher>>,
 }
 
 /// A running backend; it stops when the runtime that serves it is dropped.
@@ -37,12 +40,23 @@ pub struct Backend {
 impl Backend {
     /// Bind 127.0.0.1:0 and serve on `runtime`.
     pub fn start(runtime: &tokio::runtime::Runtime, name: &str) -> anyhow::Result<Self> {
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        Self::start_with(runtime, name, SocketAddr::from(([127, 0, 0, 1], 0)), None)
+    }
+
+    /// Bind `bind` and serve on `runtime`; with `kv`, publish each prompt's blocks.
+    pub fn start_with(
+        runtime: &tokio::runtime::Runtime,
+        name: &str,
+        bind: SocketAddr,
+        kv: Option<Arc<KvPublisher>>,
+    ) -> anyhow::Result<Self> {
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(bind))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
             name: name.to_string(),
             hits: hits.clone(),
+            kv,
         };
         // Prompts can be megabytes: no body limit (axum's default is 2 MB).
         let app = Router::new()
@@ -91,6 +105,9 @@ async fn answer(
     };
     if let Ok(mut hits) = s.hits.lock() {
         hits.push(hit);
+    }
+    if let (Some(kv), true) = (&s.kv, method == Method::POST) {
+        kv.publish_request(uri.path(), &body).await;
     }
     let request: serde_json::Value =
         serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod envoy;
 pub mod http;
+pub mod kv_engine;
 pub mod paths;
 pub mod ports;
 pub mod process;

@@ -20,11 +20,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
+use kvroute_blockhash::HashConfig;
 
 use crate::backend::Backend;
 use crate::envoy::{Envoy, EnvoyConfig};
 use crate::http::{self, Response};
+use crate::kv_engine::{KvModel, KvPublisher};
 use crate::paths;
 use crate::ports::free_port;
 use crate::process::{wait_until, ManagedProcess};
@@ -46,6 +50,35 @@ pub struct IndexerPorts {
 /// Builds `kvroute serve`'s command line for a stack.
 pub type IndexerArgs = Box<dyn Fn(&IndexerPorts) -> Vec<String>>;
 
+/// `kvroute serve` arguments for a stack: its HTTP and ZeroMQ (bind) addresses, every
+/// backend as a known engine (by IP, serving port common to all), the stack's models, and
+/// `extra` flags.
+pub fn kvroute_serve(extra: &[&str]) -> IndexerArgs {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Box::new(move |p: &IndexerPorts| {
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            p.http.to_string(),
+            "--zmq-bind".into(),
+            format!("tcp://127.0.0.1:{}", p.zmq),
+            "--scrape-interval-ms".into(),
+            "60000".into(),
+        ];
+        if let Some(port) = p.backends.first().map(|b| b.port()) {
+            args.extend(["--engine-port".to_string(), port.to_string()]);
+        }
+        for b in &p.backends {
+            args.extend(["--engine".to_string(), b.ip().to_string()]);
+        }
+        for (name, dir) in &p.models {
+            args.extend(["--model".to_string(), format!("{name}={}", dir.display())]);
+        }
+        args.extend(extra.iter().cloned());
+        args
+    })
+}
+
 /// Which indexer the stack's `kvroute_indexer` cluster points at.
 pub enum IndexerSpec {
     /// A stand-in that serves the tokenizers and answers route calls as scripted
@@ -66,6 +99,7 @@ pub struct StackBuilder {
     indexer: IndexerSpec,
     wait_tokenizers: bool,
     buffer_max_bytes: usize,
+    kv_engines: bool,
 }
 
 impl StackBuilder {
@@ -116,6 +150,13 @@ impl StackBuilder {
         self
     }
 
+    /// Backends publish KV events of every prompt to the indexer (which must be
+    /// [`IndexerSpec::Kvroute`], e.g. with [`kvroute_serve`] arguments).
+    pub fn kv_engines(mut self) -> Self {
+        self.kv_engines = true;
+        self
+    }
+
     pub fn buffer_max_bytes(mut self, n: usize) -> Self {
         self.buffer_max_bytes = n;
         self
@@ -133,10 +174,25 @@ impl StackBuilder {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let backends = (0..self.backends)
-            .map(|i| Backend::start(&runtime, &format!("backend-{i}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let pods: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        // KV-event engines get one loopback IP each (127.0.0.2, .3, ...) and a common port,
+        // as pods do in a cluster: the indexer names an engine by its IP plus the serving
+        // port. They start after the indexer, whose SUB socket they connect to.
+        let kv_port = if self.kv_engines { free_port()? } else { 0 };
+        let mut backends = if self.kv_engines {
+            Vec::new()
+        } else {
+            (0..self.backends)
+                .map(|i| Backend::start(&runtime, &format!("backend-{i}")))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let pods: Vec<SocketAddr> = if self.kv_engines {
+            (0..self.backends)
+                .map(|i| SocketAddr::from(([127, 0, 0, 2 + i as u8], kv_port)))
+                .collect()
+        } else {
+            backends.iter().map(|b| b.addr).collect()
+        };
+        let mut zmq_port = 0;
 
         let mut scripted = None;
         let mut indexer_process = None;
@@ -153,9 +209,10 @@ impl StackBuilder {
             }
             IndexerSpec::External(addr) => addr,
             IndexerSpec::Kvroute(args) => {
+                zmq_port = free_port()?;
                 let ports = IndexerPorts {
                     http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-                    zmq: free_port()?,
+                    zmq: zmq_port,
                     backends: pods.clone(),
                     models: self.models.clone(),
                 };
@@ -179,6 +236,28 @@ impl StackBuilder {
                 ports.http
             }
         };
+
+        if self.kv_engines {
+            let (name, dir) = self
+                .models
+                .iter()
+                .next()
+                .context("kv engines need a model")?;
+            let model = Arc::new(KvModel::load(name, dir, HashConfig::default())?);
+            for (i, pod) in pods.iter().enumerate() {
+                let ip = pod.ip().to_string();
+                let zmq = format!("tcp://127.0.0.1:{zmq_port}");
+                let publisher = runtime.block_on(KvPublisher::connect(model.clone(), &ip, &zmq))?;
+                backends.push(Backend::start_with(
+                    &runtime,
+                    &format!("backend-{i}"),
+                    *pod,
+                    Some(Arc::new(publisher)),
+                )?);
+            }
+            // A PUB socket drops messages until the subscription reaches it.
+            std::thread::sleep(Duration::from_millis(500));
+        }
 
         let mut plugin = self.plugin;
         if !plugin.contains_key("models") {
@@ -252,6 +331,7 @@ impl Stack {
             indexer: IndexerSpec::Scripted(RouteScript::Hang),
             wait_tokenizers: true,
             buffer_max_bytes: 16 << 20,
+            kv_engines: false,
         }
     }
 
