@@ -28,6 +28,9 @@ pub struct KeysArgs {
     /// The request's model is a LoRA adapter of this base model: hash its name as extra key.
     #[arg(long, value_name = "BASE")]
     lora_of: Option<String>,
+    /// The adapter's path as the engines loaded it (vLLM 0.31+ hashes it in the tagged key).
+    #[arg(long, value_name = "PATH", requires = "lora_of")]
+    lora_path: Option<String>,
     /// Extra keys as today's vLLM tags them, or bare as older versions did.
     #[arg(long, default_value = "tagged")]
     extra_keys: ExtraKeysStyle,
@@ -39,6 +42,27 @@ pub fn run(args: KeysArgs) -> ExitCode {
         eprintln!("kvroute keys: cannot read the request from stdin: {e}");
         return ExitCode::from(2);
     }
+    // Options no engine can match are the user's configuration, not the body: exit 1.
+    let hasher = match BlockHasher::try_new(HashConfig {
+        scheme: args.hash_algo,
+        block_size: args.block_size,
+        seed: args.hash_seed.clone(),
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("kvroute keys: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.lora_of.is_some()
+        && args.lora_path.is_none()
+        && args.extra_keys == ExtraKeysStyle::Tagged
+    {
+        eprintln!(
+            "kvroute keys: --lora-of with tagged extra keys needs --lora-path (vLLM hashes the adapter's path), or --extra-keys bare"
+        );
+        return ExitCode::from(1);
+    }
     let encoder = match load_encoder(&args.tokenizer) {
         Ok(e) => e,
         Err(e) => {
@@ -46,7 +70,7 @@ pub fn run(args: KeysArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match keys(&args, &encoder, &body) {
+    match keys(&args, &encoder, &hasher, &body) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
@@ -75,24 +99,20 @@ fn load_encoder(dir: &Path) -> anyhow::Result<PromptEncoder> {
 fn keys(
     args: &KeysArgs,
     encoder: &PromptEncoder,
+    hasher: &BlockHasher,
     body: &[u8],
 ) -> kvroute_blockhash::Result<String> {
     let request = Request::parse(body, None)?;
-    let hasher = BlockHasher::new(HashConfig {
-        scheme: args.hash_algo,
-        block_size: args.block_size,
-        seed: args.hash_seed.clone(),
-    });
     let lora_name = match (&args.lora_of, &request.model) {
         (Some(base), Some(model)) if model != base => Some(model.clone()),
         _ => None,
     };
     let extras = RequestExtras {
         cache_salt: request.cache_salt.clone(),
+        lora_path: lora_name.as_ref().and(args.lora_path.clone()),
         lora_name,
-        lora_path: None,
     };
     let keys =
-        RequestKeys::compute_with_style(encoder, &hasher, &request, &extras, args.extra_keys)?;
+        RequestKeys::compute_with_style(encoder, hasher, &request, &extras, args.extra_keys)?;
     Ok(serde_json::to_string(&keys).unwrap_or_default())
 }

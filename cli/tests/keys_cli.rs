@@ -82,3 +82,44 @@ fn a_bad_body_is_one_line_on_stderr_and_exit_2() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn options_no_engine_can_match_exit_1_before_reading_the_body() {
+    let body = br#"{"model":"m","prompt":"hello"}"#;
+    for extra in [
+        &["--hash-algo", "xxhash_cbor"][..], // vLLM seeds xxhash randomly without PYTHONHASHSEED
+        &["--block-size", "0"][..],
+        &["--lora-of", "base"][..], // tagged LoRA keys need the adapter's path
+    ] {
+        let (code, out, err) = run_keys(body, extra);
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(out.is_empty());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn a_lora_adapter_of_the_base_keys_apart_from_the_base_from_the_first_block() {
+    let prompt = "word ".repeat(200);
+    let keys = |model: &str, extra: &[&str]| -> Vec<Value> {
+        let body = serde_json::json!({"model": model, "prompt": prompt}).to_string();
+        let (code, out, err) = run_keys(body.as_bytes(), extra);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["block_hashes"].as_array().unwrap().clone()
+    };
+    let lora = ["--lora-of", "base", "--lora-path", "/adapters/a"];
+    let base = keys("base", &lora);
+    assert_eq!(
+        base,
+        keys("base", &[]),
+        "the base model itself has no LoRA key"
+    );
+    let adapter = keys("adapter-a", &lora);
+    assert_eq!(adapter.len(), base.len());
+    assert!(adapter.iter().zip(&base).all(|(a, b)| a != b));
+    assert_ne!(
+        adapter,
+        keys("adapter-a", &["--lora-of", "base", "--extra-keys", "bare"])
+    );
+}
