@@ -30,8 +30,9 @@ pub struct EnvoyConfig {
 
 impl EnvoyConfig {
     /// The values of the checked-in `envoy/local.yaml`: run from the repository root
-    /// after scripts/build_filter.sh, with `kvroute serve` on 127.0.0.1:8081 and three
-    /// engines on 127.0.0.1:8001-8003.
+    /// after scripts/build_filter.sh, with `kvroute serve --listen 127.0.0.1:8081` and three
+    /// engines on 127.0.0.2-127.0.0.4, port 8000 (the indexer names an engine by its IP and
+    /// one serving port, as pods in a cluster; distinct loopback IPs do that on one host).
     pub fn local() -> Self {
         Self {
             listen_address: "127.0.0.1".into(),
@@ -40,8 +41,8 @@ impl EnvoyConfig {
             wasm_path: Some(PathBuf::from("target/kvroute_filter.wasm")),
             plugin_config:
                 r#"{"models":{"Qwen3-32B":{}},"call_timeout_ms":50,"debug_headers":true}"#.into(),
-            pods: (8001..=8003)
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            pods: (2..=4)
+                .map(|i| SocketAddr::from(([127, 0, 0, i], 8000)))
                 .collect(),
             indexer: SocketAddr::from(([127, 0, 0, 1], 8081)),
             buffer_max_bytes: 16 << 20,
