@@ -4,9 +4,10 @@
 //! Keys are the u64 values the shared crate computes for a request
 //! (`RequestKeys::block_hashes`), so lookups need no translation; ingestion maps engine
 //! hashes to these keys when they differ. Each key holds two pod bitmasks (GPU, lower
-//! tiers) instead of a list: a million blocks then cost ~50 bytes each whatever the number
+//! tiers) instead of a list: a million blocks then cost ~60 bytes each whatever the number
 //! of pods holding them, and a prefix match is a running AND over the request's keys. The
-//! price is a ceiling of [`MAX_PODS`] engines per indexer. Shards keep ingestion from
+//! price is a ceiling of [`MAX_PODS`] engines per indexer (run one indexer per model pool
+//! beyond that). Keys are hash values already, so the maps do not hash them again. Shards keep ingestion from
 //! blocking lookups; each shard forgets its oldest keys first when over its share of the
 //! bound.
 
@@ -19,7 +20,7 @@ use crate::pods::PodId;
 pub use kvroute_kvevents::Medium;
 
 /// Engines one index can track (bits of a holder mask).
-pub const MAX_PODS: usize = 128;
+pub const MAX_PODS: usize = 64;
 const SHARDS: usize = 16;
 
 /// One index mutation, as ingestion produces them from KV events.
@@ -58,19 +59,40 @@ pub trait PodIndex: Send + Sync {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Holders {
-    gpu: u128,
-    lower: u128,
+    gpu: u64,
+    lower: u64,
 }
 
 impl Holders {
-    fn any(&self) -> u128 {
+    fn any(&self) -> u64 {
         self.gpu | self.lower
     }
 }
 
+/// Keys are uniform hash values: use them as their own hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        // The shard index uses the low bits; spread the rest for the table.
+        self.0 = v.rotate_right(4);
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u64, Holders>,
+    map: KeyMap<Holders>,
     /// Insertion order, for forgetting the oldest keys first. May hold keys removed since;
     /// compacted when it grows past twice the live keys.
     order: VecDeque<u64>,
@@ -142,20 +164,27 @@ impl BlockIndex {
     }
 
     fn store(&self, slot: usize, keys: &[u64], medium: Medium) {
-        let bit = 1u128 << slot;
+        let bit = 1u64 << slot;
+        // One lock per shard touched, not per key.
+        let mut by_shard: [Vec<u64>; SHARDS] = Default::default();
         for &key in keys {
-            let mut shard = write(self.shard(key));
+            by_shard[(key as usize) % SHARDS].push(key);
+        }
+        for (i, keys) in by_shard.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+            let mut shard = write(&self.shards[i]);
             let shard = &mut *shard;
-            let holders = match shard.map.get_mut(&key) {
-                Some(h) => h,
-                None => {
-                    shard.order.push_back(key);
-                    shard.map.entry(key).or_default()
+            for &key in keys {
+                let holders = match shard.map.get_mut(&key) {
+                    Some(h) => h,
+                    None => {
+                        shard.order.push_back(key);
+                        shard.map.entry(key).or_default()
+                    }
+                };
+                match medium {
+                    Medium::Gpu => holders.gpu |= bit,
+                    Medium::Cpu | Medium::Storage => holders.lower |= bit,
                 }
-            };
-            match medium {
-                Medium::Gpu => holders.gpu |= bit,
-                Medium::Cpu | Medium::Storage => holders.lower |= bit,
             }
             self.enforce_bound(shard);
         }
@@ -172,7 +201,10 @@ impl BlockIndex {
         }
         if shard.order.len() > 2 * shard.map.len() + 1024 {
             let map = &shard.map;
-            let mut seen = std::collections::HashSet::with_capacity(map.len());
+            let mut seen = std::collections::HashSet::<u64, std::hash::BuildHasherDefault<KeyHasher>>::with_capacity_and_hasher(
+                map.len(),
+                Default::default(),
+            );
             shard
                 .order
                 .retain(|k| map.contains_key(k) && seen.insert(*k));
@@ -180,7 +212,7 @@ impl BlockIndex {
     }
 
     fn remove(&self, slot: usize, keys: &[u64], medium: Option<Medium>) {
-        let bit = !(1u128 << slot);
+        let bit = !(1u64 << slot);
         for &key in keys {
             let mut shard = write(self.shard(key));
             if let Some(h) = shard.map.get_mut(&key) {
@@ -200,7 +232,7 @@ impl BlockIndex {
     }
 
     fn clear_slot(&self, slot: usize) {
-        let bit = !(1u128 << slot);
+        let bit = !(1u64 << slot);
         for shard in &self.shards {
             let mut shard = write(shard);
             shard.map.retain(|_, h| {
@@ -218,7 +250,7 @@ impl BlockIndex {
         for shard in &self.shards {
             for h in read(shard).map.values() {
                 for (slot, c) in counts.iter_mut().enumerate() {
-                    let bit = 1u128 << slot;
+                    let bit = 1u64 << slot;
                     if h.gpu & bit != 0 {
                         c.0 += 1;
                     }
@@ -265,8 +297,8 @@ impl PodIndex for BlockIndex {
     }
 
     fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
-        let mut alive_any = u128::MAX;
-        let mut alive_gpu = u128::MAX;
+        let mut alive_any = u64::MAX;
+        let mut alive_gpu = u64::MAX;
         let mut gpu_run = [0usize; MAX_PODS];
         let mut any_run = [0usize; MAX_PODS];
         for (i, &key) in keys.iter().enumerate() {
@@ -317,7 +349,7 @@ impl PodIndex for BlockIndex {
 }
 
 /// Pods in `ended` held the prefix up to (not including) key `at`.
-fn record_ends(mut ended: u128, at: usize, runs: &mut [usize; MAX_PODS]) {
+fn record_ends(mut ended: u64, at: usize, runs: &mut [usize; MAX_PODS]) {
     while ended != 0 {
         let slot = ended.trailing_zeros() as usize;
         ended &= ended - 1;
