@@ -112,9 +112,8 @@ fn main() {
     };
     let hasher = BlockHasher::new(hash.clone());
     let mut frames = Vec::new();
-    let mut seq = 0u64;
     let mut blocks_total = 0usize;
-    for r in 0..2_000u32 {
+    for (seq, r) in (0..2_000u32).enumerate() {
         let tokens: Vec<u32> = (0..64 * 32).map(|i| (i * 31 + r * 7) % 150_000).collect();
         let values = hasher.event_values(&tokens);
         // 32 blocks per event (one 2,048-token prefill chunk), as vLLM publishes them.
