@@ -139,11 +139,10 @@ fn main() {
         };
         frames.push(encode_message(
             "kv@10.0.0.1@m",
-            seq,
+            seq as u64,
             &batch,
             WireGeneration::V03xMaps,
         ));
-        seq += 1;
     }
     let ingest_index = Arc::new(BlockIndex::new(8_000_000));
     let ingest = Ingest::new(
