@@ -7,7 +7,9 @@ computes exactly that with cbor2, hashlib and xxhash, so the Rust hasher is chec
 the reference libraries rather than against itself. When `import vllm` works, vLLM's own
 hash functions cross-check the vectors too.
 
-Usage: .venv/bin/python scripts/gen_hash_vectors.py  (writes tests/vectors/hashes.json)
+Usage: .venv/bin/python scripts/gen_hash_vectors.py [VLLM_SOURCE_DIR ...]
+(writes tests/vectors/hashes.json). Each VLLM_SOURCE_DIR is an unpacked vLLM sdist, e.g. one
+with sha256_cbor_64bit (0.10.0-0.10.1) and a current one (sha256_cbor, xxhash_cbor).
 """
 import hashlib
 import json
@@ -127,7 +129,7 @@ def main():
                                 "digests": [hex_of(d) for d in digests],
                                 "event_values": [event_value(d) for d in digests],
                             })
-    cross_checked = cross_check_with_vllm(cases)
+    cross_checked = cross_check_with_vllm(cases, sys.argv[1:])
     doc = {
         "generator": "scripts/gen_hash_vectors.py",
         "libraries": {"cbor2": cbor2.__version__ if hasattr(cbor2, "__version__") else "?",
@@ -143,31 +145,72 @@ def main():
     print(f"wrote {len(cases)} cases to {os.path.normpath(out)} (vLLM cross-check: {cross_checked})")
 
 
-def cross_check_with_vllm(cases):
-    """Recomputes the extra-key-free cases with vLLM's own hash functions, where vLLM imports."""
+def vllm_functions_from_import():
+    """vLLM's hash functions from an importable `vllm` package, if any."""
     try:
         import vllm  # type: ignore  # noqa: F401
     except Exception:
-        return False
-    theirs = {}
+        return {}
+    found = {}
     for module in ("vllm.utils.hashing", "vllm.utils"):
         try:
             mod = __import__(module, fromlist=["*"])
         except Exception:
             continue
         for name in SCHEMES:
-            if name not in theirs and hasattr(mod, name):
-                theirs[name] = getattr(mod, name)
-    if not theirs:
-        return False
-    for c in cases:
-        fn = theirs.get(c["scheme"])
-        if fn is None or c["extras"]:
+            if name not in found and hasattr(mod, name):
+                found[name] = (getattr(mod, name), f"vllm {getattr(vllm, '__version__', '?')}")
+    return found
+
+
+def vllm_functions_from_source(src_dir):
+    """vLLM's hash functions taken from an unpacked vLLM source tree (`pip download
+    --no-binary :all: vllm==X` and unpack). Importing vllm needs torch; its hash functions
+    do not, so their definitions are executed alone with cbor2/hashlib/xxhash."""
+    import ast
+
+    version = "?"
+    pkg_info = os.path.join(src_dir, "PKG-INFO")
+    if os.path.exists(pkg_info):
+        for line in open(pkg_info, encoding="utf-8"):
+            if line.startswith("Version:"):
+                version = line.split(":", 1)[1].strip()
+                break
+    found = {}
+    for rel in ("vllm/utils/hashing.py", "vllm/utils/__init__.py"):
+        path = os.path.join(src_dir, rel)
+        if not os.path.exists(path):
             continue
-        got = chain(fn, c["seed"], token_sets()[c["tokens"]], c["block_size"], {}, "tagged")
-        if [hex_of(d) for d in got] != c["digests"]:
-            sys.exit(f"vLLM disagrees on {c['scheme']}/{c['tokens']}/{c['seed']}")
-    return sorted(theirs)
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+                and (n.name in SCHEMES or n.name == "_xxhash_digest")]
+        namespace = {"cbor2": cbor2, "hashlib": hashlib, "_xxhash": xxhash, "Any": object}
+        exec(compile(ast.Module(body=defs, type_ignores=[]), path, "exec"), namespace)
+        for name in SCHEMES:
+            if name not in found and name in namespace:
+                found[name] = (namespace[name], f"vllm {version} source")
+    return found
+
+
+def cross_check_with_vllm(cases, src_dirs):
+    """Recomputes the extra-key-free cases with vLLM's own hash functions: from an
+    importable vllm, or from source trees given on the command line."""
+    theirs = vllm_functions_from_import()
+    for src in src_dirs:
+        for name, fn in vllm_functions_from_source(src).items():
+            theirs.setdefault(name, fn)
+    checked = []
+    for name, (fn, origin) in sorted(theirs.items()):
+        n = 0
+        for c in cases:
+            if c["scheme"] != name or c["extras"]:
+                continue
+            got = chain(fn, c["seed"], token_sets()[c["tokens"]], c["block_size"], {}, "tagged")
+            if [hex_of(d) for d in got] != c["digests"]:
+                sys.exit(f"{origin} disagrees on {name}/{c['tokens']}/{c['seed']}")
+            n += 1
+        checked.append(f"{name}: {n} cases agree with {origin}")
+    return checked
 
 
 if __name__ == "__main__":
