@@ -7,6 +7,18 @@
 //! against vectors generated with Python's `cbor2`/`hashlib`/`xxhash` and against real
 //! vLLM captures.
 //!
+//! What each vLLM version does (read in its sources, `vllm/utils`, `kv_cache_utils.py`):
+//!
+//! | vLLM          | scheme              | chained parent          | published u64                |
+//! |---------------|---------------------|-------------------------|------------------------------|
+//! | 0.10.0-0.10.1 | `sha256_cbor_64bit` | `int(digest) & 2^64-1`  | that int                     |
+//! | 0.10.2+       | `sha256_cbor`       | 32-byte digest          | `int(digest) & 2^64-1`       |
+//! | 0.20+ (a)     | `xxhash_cbor`       | 16-byte xxh3-128 digest | `int(digest) & 2^64-1`       |
+//!
+//! (a) not in 0.12; present by 0.20. `int(digest)` is `int.from_bytes(digest, "big")`, so the
+//! u64 is the digest's last 8 bytes read big-endian. `NONE_HASH` is always `H(seed)` over the
+//! seed *string* (CBOR text); see [`HashConfig`] for when vLLM's seed is reproducible.
+//!
 //! The CBOR here has a fixed shape (a 3-array of bytes-or-uint, an array of uints, null or
 //! an array of strings/arrays), so it is written straight into a reused buffer instead of
 //! going through a generic serializer: hashing runs on the filter's hot path, once per
@@ -71,7 +83,7 @@ impl FromStr for HashScheme {
 /// How to hash: scheme, block size and the `NONE_HASH` seed.
 ///
 /// `NONE_HASH` is `H(seed)` with `seed` a Python `str` (CBOR text), in every vLLM version.
-/// Only vLLM >= 0.30 with a cryptographic scheme (`sha256_cbor`) falls back to a fixed
+/// Only vLLM >= 0.29 with a cryptographic scheme (`sha256_cbor`) falls back to a fixed
 /// `"vllm-none-hash"` when `PYTHONHASHSEED` is unset; vLLM 0.10-0.28 (every scheme) and
 /// `xxhash_cbor` in every version draw a random per-process seed instead, which no router
 /// can reproduce. [`HashConfig::check`] refuses those configurations.
