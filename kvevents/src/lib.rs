@@ -11,8 +11,9 @@
 //! only a message whose frames or payload are not vLLM's. It never panics. The encoder
 //! writes what vLLM writes (used by the simulated engines and the tests).
 
-use std::io::Cursor;
+mod reader;
 
+use reader::Reader;
 use rmpv::Value;
 
 /// Where a cached block lives on its engine.
@@ -150,54 +151,78 @@ pub fn decode_message(frames: &[&[u8]]) -> Result<KvMessage, DecodeError> {
 
 /// Decode a msgpack payload `[ts, events, dp_rank]` (dp_rank may be absent or nil).
 pub fn decode_payload(payload: &[u8]) -> Result<EventBatch, DecodeError> {
-    let mut cursor = Cursor::new(payload);
-    let value = rmpv::decode::read_value_ref(&mut cursor)
-        .map_err(|e| DecodeError::Msgpack(e.to_string()))?
-        .to_owned();
-    let Value::Array(items) = value else {
-        return Err(DecodeError::Shape("payload is not an array"));
-    };
-    let mut items = items.into_iter();
-    let ts = match items.next() {
-        Some(v) => v
-            .as_f64()
-            .or_else(|| v.as_i64().map(|i| i as f64))
-            .ok_or(DecodeError::Shape("timestamp is not a number"))?,
-        None => return Err(DecodeError::Shape("empty payload")),
-    };
-    let Some(Value::Array(raw_events)) = items.next() else {
+    let mut r = Reader::new(payload);
+    let n = r
+        .array_len()
+        .ok_or_else(|| not_msgpack_or(&r, "payload is not an array"))?;
+    if n == 0 {
+        return Err(DecodeError::Shape("empty payload"));
+    }
+    let ts = r
+        .f64()
+        .ok_or(DecodeError::Shape("timestamp is not a number"))?;
+    if n < 2 {
         return Err(DecodeError::Shape("events are not an array"));
-    };
-    let data_parallel_rank = items
-        .next()
-        .and_then(|v| v.as_u64())
-        .and_then(|v| u32::try_from(v).ok());
+    }
+    let count = r
+        .array_len()
+        .ok_or_else(|| not_msgpack_or(&r, "events are not an array"))?;
     let mut batch = EventBatch {
         ts,
-        events: Vec::with_capacity(raw_events.len()),
-        data_parallel_rank,
+        events: Vec::with_capacity(count.min(r.remaining())),
+        data_parallel_rank: None,
         skipped_unknown: 0,
     };
-    for raw in raw_events {
-        match decode_event(raw) {
+    for _ in 0..count {
+        let start = r.pos();
+        match decode_event(&mut r) {
             Some(e) => batch.events.push(e),
-            None => batch.skipped_unknown += 1,
+            None => {
+                // Unreadable as an event: skip it whole if it is msgpack at all.
+                r.set_pos(start);
+                r.skip().ok_or_else(truncated)?;
+                batch.skipped_unknown += 1;
+            }
         }
+    }
+    if n >= 3 {
+        batch.data_parallel_rank = r
+            .value()
+            .ok_or_else(truncated)?
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok());
     }
     Ok(batch)
 }
 
-/// The fields of one event, whatever its generation, by name.
-struct Fields {
-    kind: String,
-    get: Vec<(String, Value)>,
+fn truncated() -> DecodeError {
+    DecodeError::Msgpack("truncated or invalid msgpack".into())
 }
 
-impl Fields {
-    fn take(&mut self, name: &str) -> Option<Value> {
-        let i = self.get.iter().position(|(k, _)| k == name)?;
-        Some(self.get.swap_remove(i).1).filter(|v| !v.is_nil())
+/// A value of the wrong type is a shape error; no value at all is a msgpack error.
+fn not_msgpack_or(r: &Reader<'_>, shape: &'static str) -> DecodeError {
+    if r.remaining() == 0 {
+        truncated()
+    } else {
+        DecodeError::Shape(shape)
     }
+}
+
+/// The fields of one event as read, whatever its generation.
+#[derive(Default)]
+struct RawEvent<'a> {
+    kind: Option<&'a str>,
+    block_hashes: Option<Vec<EngineHash>>,
+    parent_block_hash: Option<EngineHash>,
+    token_ids: Option<Vec<u32>>,
+    block_size: Option<u32>,
+    lora_id: Option<i64>,
+    medium: Option<Medium>,
+    lora_name: Option<String>,
+    extra_keys: Option<Vec<Option<Value>>>,
+    group_idx: Option<u32>,
+    kv_cache_spec_kind: Option<String>,
+    session_id: Option<String>,
 }
 
 /// vLLM 0.10's positional layouts (msgspec array_like, tag first).
@@ -218,119 +243,117 @@ fn positional_names(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-fn fields_of(raw: Value) -> Option<Fields> {
-    match raw {
-        Value::Map(entries) => {
-            let mut get = Vec::with_capacity(entries.len());
-            let mut kind = None;
-            for (k, v) in entries {
-                let Some(k) = k.as_str().map(str::to_owned) else {
-                    continue;
-                };
-                if k == "type" {
-                    kind = v.as_str().map(str::to_owned);
-                } else {
-                    get.push((k, v));
+/// Reads one event; `None` if it is not one this decoder knows (the caller skips it).
+fn decode_event<'a>(r: &mut Reader<'a>) -> Option<KvEvent> {
+    let mut raw = RawEvent::default();
+    if let Some(n) = r.map_len() {
+        for _ in 0..n {
+            match r.str() {
+                Some("type") => raw.kind = Some(r.str()?),
+                Some(name) => read_field(r, name, &mut raw)?,
+                None => {
+                    r.skip()?;
+                    r.skip()?;
                 }
             }
-            Some(Fields { kind: kind?, get })
         }
-        Value::Array(items) => {
-            let mut items = items.into_iter();
-            let kind = items.next()?.as_str()?.to_owned();
-            let names = positional_names(&kind).unwrap_or(&[]);
-            let get = names
-                .iter()
-                .zip(items)
-                .map(|(n, v)| ((*n).to_owned(), v))
-                .collect();
-            Some(Fields { kind, get })
+    } else {
+        let n = r.array_len()?.checked_sub(1)?;
+        let kind = r.str()?;
+        raw.kind = Some(kind);
+        let names = positional_names(kind)?;
+        for i in 0..n {
+            match names.get(i) {
+                Some(name) => read_field(r, name, &mut raw)?,
+                None => r.skip()?,
+            }
         }
-        _ => None,
     }
-}
-
-fn decode_event(raw: Value) -> Option<KvEvent> {
-    let mut f = fields_of(raw)?;
-    match f.kind.as_str() {
-        "BlockStored" => {
-            let block_hashes = hashes(f.take("block_hashes")?)?;
-            let parent_block_hash = match f.take("parent_block_hash") {
-                None => None,
-                Some(v) => Some(hash(&v)?),
-            };
-            let token_ids = match f.take("token_ids")? {
-                Value::Array(ids) => ids
-                    .iter()
-                    .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
-                    .collect::<Option<Vec<u32>>>()?,
-                _ => return None,
-            };
-            let block_size = f
-                .take("block_size")
-                .and_then(|v| v.as_u64())
-                .and_then(|v| u32::try_from(v).ok())?;
-            let extra_keys = match f.take("extra_keys") {
-                Some(Value::Array(per_block)) => Some(
-                    per_block
-                        .into_iter()
-                        .map(|v| (!v.is_nil()).then_some(v))
-                        .collect(),
-                ),
-                _ => None,
-            };
-            Some(KvEvent::BlockStored(BlockStored {
-                block_hashes,
-                parent_block_hash,
-                token_ids,
-                block_size,
-                lora_id: f.take("lora_id").and_then(|v| v.as_i64()),
-                medium: f.take("medium").and_then(|v| v.as_str().map(Medium::parse)),
-                lora_name: f
-                    .take("lora_name")
-                    .and_then(|v| v.as_str().map(str::to_owned)),
-                extra_keys,
-                group_idx: f
-                    .take("group_idx")
-                    .and_then(|v| v.as_u64())
-                    .map(|v| v as u32),
-                kv_cache_spec_kind: f
-                    .take("kv_cache_spec_kind")
-                    .and_then(|v| v.as_str().map(str::to_owned)),
-                session_id: f
-                    .take("session_id")
-                    .and_then(|v| v.as_str().map(str::to_owned)),
-            }))
-        }
+    match raw.kind? {
+        "BlockStored" => Some(KvEvent::BlockStored(BlockStored {
+            block_hashes: raw.block_hashes?,
+            parent_block_hash: raw.parent_block_hash,
+            token_ids: raw.token_ids?,
+            block_size: raw.block_size?,
+            lora_id: raw.lora_id,
+            medium: raw.medium,
+            lora_name: raw.lora_name,
+            extra_keys: raw.extra_keys,
+            group_idx: raw.group_idx,
+            kv_cache_spec_kind: raw.kv_cache_spec_kind,
+            session_id: raw.session_id,
+        })),
         "BlockRemoved" => Some(KvEvent::BlockRemoved(BlockRemoved {
-            block_hashes: hashes(f.take("block_hashes")?)?,
-            medium: f.take("medium").and_then(|v| v.as_str().map(Medium::parse)),
-            group_idx: f
-                .take("group_idx")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as u32),
+            block_hashes: raw.block_hashes?,
+            medium: raw.medium,
+            group_idx: raw.group_idx,
         })),
         "AllBlocksCleared" => Some(KvEvent::AllBlocksCleared),
         _ => None,
     }
 }
 
-fn hashes(v: Value) -> Option<Vec<EngineHash>> {
-    match v {
-        Value::Array(items) => items.iter().map(hash).collect(),
-        _ => None,
+/// Reads the value of field `name`. `None` only if a field the event cannot do without
+/// is unreadable; optional fields of an unexpected type read as absent.
+fn read_field<'a>(r: &mut Reader<'a>, name: &str, raw: &mut RawEvent<'a>) -> Option<()> {
+    if r.nil() {
+        return Some(());
     }
+    match name {
+        "block_hashes" => raw.block_hashes = Some(read_hashes(r)?),
+        "parent_block_hash" => raw.parent_block_hash = Some(read_hash(r)?),
+        "token_ids" => {
+            let n = r.array_len()?;
+            let mut ids = Vec::with_capacity(n.min(r.remaining()));
+            for _ in 0..n {
+                ids.push(r.u32()?);
+            }
+            raw.token_ids = Some(ids);
+        }
+        "block_size" => raw.block_size = Some(r.u32()?),
+        "medium" => match r.str() {
+            Some(s) => raw.medium = Some(Medium::parse(s)),
+            None => r.skip()?,
+        },
+        "lora_id" => raw.lora_id = r.value()?.as_i64(),
+        "lora_name" => raw.lora_name = r.value()?.as_str().map(str::to_owned),
+        "kv_cache_spec_kind" => raw.kv_cache_spec_kind = r.str().map(str::to_owned),
+        "session_id" => raw.session_id = r.value()?.as_str().map(str::to_owned),
+        "group_idx" => raw.group_idx = r.value()?.as_u64().and_then(|v| u32::try_from(v).ok()),
+        "extra_keys" => {
+            raw.extra_keys = match r.value()? {
+                Value::Array(per_block) => Some(
+                    per_block
+                        .into_iter()
+                        .map(|v| (!v.is_nil()).then_some(v))
+                        .collect(),
+                ),
+                _ => None,
+            }
+        }
+        _ => r.skip()?,
+    }
+    // A kv_cache_spec_kind that was not a string is still to be consumed.
+    if name == "kv_cache_spec_kind" && raw.kv_cache_spec_kind.is_none() {
+        r.skip()?;
+    }
+    Some(())
 }
 
-fn hash(v: &Value) -> Option<EngineHash> {
-    match v {
-        Value::Integer(i) => i
-            .as_u64()
-            // Python's hash() of 0.10's builtin scheme can be negative: same 64 bits.
-            .or_else(|| i.as_i64().map(|n| n as u64))
-            .map(EngineHash::Int),
-        Value::Binary(b) => Some(EngineHash::Bytes(b.clone())),
-        _ => None,
+fn read_hashes(r: &mut Reader<'_>) -> Option<Vec<EngineHash>> {
+    let n = r.array_len()?;
+    let mut out = Vec::with_capacity(n.min(r.remaining()));
+    for _ in 0..n {
+        out.push(read_hash(r)?);
+    }
+    Some(out)
+}
+
+fn read_hash(r: &mut Reader<'_>) -> Option<EngineHash> {
+    match r.peek()? {
+        0xc4..=0xc6 => r.bin().map(|b| EngineHash::Bytes(b.to_vec())),
+        // Python's hash() of 0.10's builtin scheme can be negative: same 64 bits.
+        _ => r.int().map(|(v, _)| EngineHash::Int(v)),
     }
 }
 
@@ -351,7 +374,7 @@ type WireField = (&'static str, Option<Value>, bool);
 fn event_value(event: &KvEvent, generation: WireGeneration) -> Value {
     let s = |x: &str| Value::from(x);
     // (name, value, written even when None): vLLM 0.3x writes its required fields as nil
-    // and omits only those with defaults (session_id).
+    // and omits those whose default is None (msgspec omit_defaults).
     let (kind, fields): (&str, Vec<WireField>) = match event {
         KvEvent::BlockStored(e) => (
             "BlockStored",
@@ -378,20 +401,13 @@ fn event_value(event: &KvEvent, generation: WireGeneration) -> Value {
                     e.extra_keys.as_ref().map(|k| {
                         Value::Array(k.iter().map(|v| v.clone().unwrap_or(Value::Nil)).collect())
                     }),
-                    true,
+                    false,
                 ),
-                (
-                    "group_idx",
-                    Some(Value::from(e.group_idx.unwrap_or(0))),
-                    true,
-                ),
+                ("group_idx", e.group_idx.map(Value::from), false),
                 (
                     "kv_cache_spec_kind",
-                    Some(s(e
-                        .kv_cache_spec_kind
-                        .as_deref()
-                        .unwrap_or("full_attention"))),
-                    true,
+                    e.kv_cache_spec_kind.as_deref().map(s),
+                    false,
                 ),
                 ("session_id", e.session_id.as_deref().map(s), false),
             ],
@@ -401,11 +417,7 @@ fn event_value(event: &KvEvent, generation: WireGeneration) -> Value {
             vec![
                 ("block_hashes", Some(hash_array(&e.block_hashes)), true),
                 ("medium", e.medium.map(|m| s(m.as_str())), true),
-                (
-                    "group_idx",
-                    Some(Value::from(e.group_idx.unwrap_or(0))),
-                    true,
-                ),
+                ("group_idx", e.group_idx.map(Value::from), false),
             ],
         ),
         KvEvent::AllBlocksCleared => ("AllBlocksCleared", vec![]),
@@ -431,8 +443,11 @@ fn event_value(event: &KvEvent, generation: WireGeneration) -> Value {
                     .unwrap_or(Value::Nil);
                 items.push(v);
             }
-            if kind == "BlockStored" && items.last() == Some(&Value::Nil) {
-                items.pop(); // lora_name did not exist in 0.10
+            // Trailing optional fields arrived over 0.10.x-0.11 (medium, lora_name): a
+            // None there is written as vLLM versions without the field wrote it, absent.
+            let required = if kind == "BlockStored" { 6 } else { 2 };
+            while items.len() > required && items.last() == Some(&Value::Nil) {
+                items.pop();
             }
             Value::Array(items)
         }
