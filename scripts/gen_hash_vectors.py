@@ -56,7 +56,10 @@ def hex_of(digest):
 
 def extra_keys(extras, block_index, style):
     keys = []
-    if extras.get("lora_name"):
+    if extras.get("lora_int_id") is not None:
+        # vLLM 0.10-0.11 hashed the adapter's integer id, bare.
+        keys.append(extras["lora_int_id"])
+    elif extras.get("lora_name"):
         if style == "tagged":
             # vLLM 0.32+: ("lora", name, path). Without a known path the router keeps a
             # ("lora", name) key: it matches no engine but never collides with the base model.
@@ -102,6 +105,7 @@ def main():
         "lora": {"lora_name": "sql-adapter"},
         "lora_path": {"lora_name": "sql-adapter", "lora_path": "/adapters/sql-adapter"},
         "lora_path_and_salt": {"lora_name": "sql-adapter", "lora_path": "/adapters/sql", "cache_salt": "s\u00e9l"},
+        "lora_int_id_and_salt": {"lora_int_id": 300, "cache_salt": "tenant-a"},
     }
     for scheme, h in SCHEMES.items():
         for seed in [None, "42", "0"]:
@@ -110,6 +114,8 @@ def main():
                     for ex_name, extras in extras_variants.items():
                         for style in ["tagged", "bare"]:
                             if ex_name == "none" and style == "bare":
+                                continue
+                            if "lora_int_id" in extras and style == "tagged":
                                 continue
                             digests = chain(h, seed, tokens, block_size, extras, style)
                             none = h(seed if seed is not None else DEFAULT_SEED)

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use kvroute_blockhash::extra_keys::{BlockExtraKeys, ExtraKey};
 use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, RequestExtras};
 use serde_json::Value;
 
@@ -38,7 +39,20 @@ fn every_generated_vector_matches() {
             lora_path: text("lora_path"),
         };
         let style: ExtraKeysStyle = case["style"].as_str().unwrap().parse().unwrap();
-        let digests = hasher.chain(None, &tokens, &|i| extras.block_extra_keys(i, style));
+        // vLLM 0.10-0.11 hashed a LoRA's integer id (bare), which RequestExtras does not
+        // carry: those keys are built directly.
+        let lora_int_id = case["extras"]["lora_int_id"].as_i64();
+        let keys_for = |i: usize| match lora_int_id {
+            Some(id) => {
+                let mut keys = vec![ExtraKey::Int(id)];
+                if let (0, Some(salt)) = (i, &extras.cache_salt) {
+                    keys.push(ExtraKey::Text(salt.clone()));
+                }
+                Some(BlockExtraKeys(keys))
+            }
+            None => extras.block_extra_keys(i, style),
+        };
+        let digests = hasher.chain(None, &tokens, &keys_for);
 
         let render = |d: &kvroute_blockhash::BlockDigest| match d {
             kvroute_blockhash::BlockDigest::U64(v) => format!("{v:016x}"),
@@ -54,7 +68,7 @@ fn every_generated_vector_matches() {
             let cbor = hasher.block_cbor(
                 &hasher.none_hash(),
                 &tokens[..block_size],
-                extras.block_extra_keys(0, style).as_ref(),
+                keys_for(0).as_ref(),
             );
             assert_eq!(hex(&cbor), want_cbor, "first block's CBOR vs cbor2: {case}");
             cbor_checked += 1;
