@@ -63,20 +63,30 @@ pub fn filter_wasm() -> anyhow::Result<PathBuf> {
         .context("building the filter")
 }
 
-/// The `kvroute` binary of this workspace (built by cargo for the tests).
+/// The `kvroute` binary of this workspace, built (or found up to date) by cargo once per
+/// test process, so a test never runs a stale indexer. `KVROUTE_BIN` overrides it.
 pub fn kvroute_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("KVROUTE_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let root = repo_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    for profile in ["debug", "release"] {
-        let p = target.join(profile).join("kvroute");
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!("kvroute binary not built (cargo build -p kvroute)")
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo_root();
+            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["build", "-q", "-p", "kvroute", "--bin", "kvroute"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("cargo build -p kvroute failed".into());
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            Ok(target.join("debug").join("kvroute"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+        .context("building kvroute")
 }
