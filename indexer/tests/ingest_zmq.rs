@@ -1,0 +1,272 @@
+//! Ingestion over real ZeroMQ sockets on 127.0.0.1, in both wirings, with frames written by
+//! vLLM's own msgspec classes (testdata/kv-frames, scripts/gen_kv_frames.py): the indexer
+//! binds and engines connect (identity from the topic, unknown publishers dropped), and the
+//! indexer dials an engine that binds (identity = the endpoint dialed). The other tests feed
+//! `Ingest::handle` directly; these prove the socket loops deliver the same result.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
+use kvroute_indexer::index::{BlockIndex, PodIndex};
+use kvroute_indexer::ingest::{Ingest, IngestConfig};
+use kvroute_indexer::metrics::Metrics;
+use kvroute_indexer::pods::{KeyMode, PodId, PodRegistry};
+use serde_json::Value;
+use zeromq::{Socket, SocketSend, ZmqMessage};
+
+/// One generated run: messages as frames, and the index.json describing them.
+fn run(name: &str) -> (Vec<Vec<Vec<u8>>>, Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/kv-frames")
+        .join(name);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let messages = index["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
+                .collect()
+        })
+        .collect();
+    (messages, index)
+}
+
+/// The u64 event values of one BlockStored in index.json (ints, or digests' low 64 bits).
+fn event_values(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| match h.as_u64() {
+            Some(x) => x,
+            None => {
+                let hex = h["$bytes_hex"].as_str().unwrap();
+                u64::from_str_radix(&hex[hex.len() - 16..], 16).unwrap()
+            }
+        })
+        .collect()
+}
+
+fn stored(index: &Value, message: usize, event: usize) -> &Value {
+    &index["messages"][message]["batch"][1][event]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(zmq_bind: Option<String>, engines: Vec<String>) -> IngestConfig {
+    IngestConfig {
+        zmq_bind,
+        engines,
+        engine_dns: None,
+        dns_interval_secs: 10,
+        zmq_port: 5557,
+        engine_port: 8000,
+        replay_port: None,
+        topic_pattern: "kv@{host}@{model}".into(),
+        silence_timeout_secs: 60,
+    }
+}
+
+struct Daemon {
+    ingest: Arc<Ingest>,
+    index: Arc<BlockIndex>,
+    registry: Arc<PodRegistry>,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn daemon(config: IngestConfig, seed: &str) -> Daemon {
+    let index = Arc::new(BlockIndex::new(1 << 16));
+    let registry = Arc::new(PodRegistry::new(None));
+    let metrics = Arc::new(Metrics::new());
+    let ingest = Arc::new(Ingest::new(
+        config,
+        index.clone(),
+        registry.clone(),
+        metrics.clone(),
+        HashConfig {
+            scheme: HashScheme::Sha256Cbor,
+            block_size: 16,
+            seed: Some(seed.into()),
+        },
+        ExtraKeysStyle::Tagged,
+    ));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(ingest.clone().run(rx));
+    Daemon {
+        ingest,
+        index,
+        registry,
+        metrics,
+        stop,
+    }
+}
+
+fn pod() -> PodId {
+    PodId {
+        endpoint: "127.0.0.1:8000".into(),
+        dp_rank: 0,
+    }
+}
+
+fn gpu_run(d: &Daemon, keys: &[u64]) -> usize {
+    d.index
+        .match_prefix(keys)
+        .iter()
+        .find(|m| m.pod == pod())
+        .map(|m| m.gpu_blocks)
+        .unwrap_or(0)
+}
+
+async fn send(socket: &mut zeromq::PubSocket, frames: &[Vec<u8>]) {
+    let mut msg = ZmqMessage::from(frames[0].clone());
+    for f in &frames[1..] {
+        msg.push_back(f.clone().into());
+    }
+    socket.send(msg).await.unwrap();
+}
+
+/// PUB/SUB drops messages until the subscription has travelled: resend the first message
+/// (same sequence number: a restart at most, which clears and re-stores the same blocks)
+/// until the index shows it.
+async fn send_until_seen(
+    d: &Daemon,
+    socket: &mut zeromq::PubSocket,
+    frames: &[Vec<u8>],
+    keys: &[u64],
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gpu_run(d, keys) < keys.len() {
+        assert!(Instant::now() < deadline, "first message never arrived");
+        send(socket, frames).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_mode_vllm_0_11_arrays_native_keys_and_unknown_publishers_dropped() {
+    let (messages, index) = run("vllm-0.11.0_int_hashes");
+    let port = free_port();
+    let d = daemon(
+        config(
+            Some(format!("tcp://127.0.0.1:{port}")),
+            vec!["127.0.0.1".into()],
+        ),
+        "42",
+    );
+    let first = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let second = event_values(&stored(&index, 1, 0)["block_hashes"]);
+    let chain: Vec<u64> = first.iter().chain(&second).copied().collect();
+
+    let mut engine = zeromq::PubSocket::new();
+    // The bind loop may not be listening yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "indexer never bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send_until_seen(&d, &mut engine, &messages[0], &first).await;
+    // The engine's seed is ours: its own values are the keys.
+    assert_eq!(d.registry.key_mode(&pod()), KeyMode::Native);
+
+    // A publisher that is no known engine: same frames, another address in the topic.
+    let mut intruder = messages[2].clone();
+    intruder[0] = b"kv@10.9.9.9@Qwen3-32B".to_vec();
+    send(&mut engine, &intruder).await;
+    send(&mut engine, &messages[1]).await;
+    wait_for("the continuation", || gpu_run(&d, &chain) == 5).await;
+    assert_eq!(d.metrics.unknown_publishers.get(), 1);
+    let other = event_values(&stored(&index, 2, 1)["block_hashes"]);
+    assert!(d.index.match_prefix(&other).is_empty());
+
+    // Message 2 evicts the continuation's last block and stores another prompt.
+    send(&mut engine, &messages[2]).await;
+    wait_for("the eviction", || gpu_run(&d, &chain) == 4).await;
+    assert_eq!(gpu_run(&d, &other), other.len());
+    // Message 4 is data-parallel rank 1: its own pod, not rank 0's.
+    send(&mut engine, &messages[3]).await;
+    send(&mut engine, &messages[4]).await;
+    let rank1 = PodId {
+        endpoint: "127.0.0.1:8000".into(),
+        dp_rank: 1,
+    };
+    wait_for("rank 1", || {
+        d.index.match_prefix(&first).iter().any(|m| m.pod == rank1)
+    })
+    .await;
+    // AllBlocksCleared clears rank 0 only.
+    send(&mut engine, &messages[5]).await;
+    wait_for("the clear", || gpu_run(&d, &first) == 0).await;
+    let left = d.index.match_prefix(&first);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].pod, rank1);
+    assert_eq!(left[0].gpu_blocks, 2);
+    let _ = d.stop.send(true);
+    drop(d.ingest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_mode_vllm_0_32_bytes_hashes_rekeyed_with_another_seed() {
+    let (messages, index) = run("vllm-0.32.0_bytes_hashes");
+    let mut engine = zeromq::PubSocket::new();
+    let port = free_port();
+    engine
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    // The engine hashes with seed "42"; this indexer's seed differs, so its keys are
+    // recomputed from token ids and must equal what the shared crate computes for a request.
+    let d = daemon(config(None, vec![format!("127.0.0.1:{port}")]), "7");
+    let tokens = |m: usize| -> Vec<u32> {
+        stored(&index, m, 0)["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let prompt: Vec<u32> = tokens(0).into_iter().chain(tokens(1)).collect();
+    let keys = BlockHasher::new(HashConfig {
+        scheme: HashScheme::Sha256Cbor,
+        block_size: 16,
+        seed: Some("7".into()),
+    })
+    .event_values(&prompt);
+    assert_eq!(keys.len(), 5);
+    send_until_seen(&d, &mut engine, &messages[0], &keys[..3]).await;
+    assert_eq!(d.registry.key_mode(&pod()), KeyMode::Rekey);
+    send(&mut engine, &messages[1]).await;
+    wait_for("the continuation", || gpu_run(&d, &keys) == 5).await;
+    // The engine's own values are not keys here.
+    let engine_values = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    assert!(d.index.match_prefix(&engine_values).is_empty());
+    // The eviction names the engine's hash: mapped back to our key.
+    send(&mut engine, &messages[2]).await;
+    wait_for("the eviction", || gpu_run(&d, &keys) == 4).await;
+    let _ = d.stop.send(true);
+}
