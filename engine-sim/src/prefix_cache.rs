@@ -1,0 +1,213 @@
+//! vLLM's prefix cache, reduced to what routing depends on: a fixed pool of blocks named by
+//! their chained hashes, reuse of the longest cached prefix, reference counts while a
+//! request runs, and LRU eviction of unreferenced blocks. The KV events an engine publishes
+//! (BlockStored / BlockRemoved) fall out of `allocate`, in vLLM's order: removals first.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// No free or evictable block is left: the request must wait (vLLM keeps it queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("KV cache full: need {needed} blocks, {available} free or evictable")]
+pub struct CacheFull {
+    pub needed: usize,
+    pub available: usize,
+}
+
+/// What one allocation did: how many leading blocks were hits, which blocks were newly
+/// stored and which were evicted to make room (publish `removed` before `stored`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub hit_blocks: usize,
+    pub stored: Vec<u64>,
+    pub removed: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    refs: u32,
+    /// Logical time of last release; key into the eviction order while `refs == 0`.
+    stamp: u64,
+}
+
+/// A pool of `capacity` blocks. Hashes are the u64 values vLLM publishes.
+#[derive(Debug, Clone)]
+pub struct PrefixCache {
+    capacity: usize,
+    blocks: HashMap<u64, Block>,
+    /// Unreferenced cached blocks, oldest release first.
+    evictable: BTreeMap<u64, u64>,
+    clock: u64,
+    /// Blocks held by running requests that are not (yet) full, so not hashed.
+    anonymous: usize,
+    queries: u64,
+    hits: u64,
+}
+
+impl PrefixCache {
+    pub fn new(capacity_blocks: usize) -> Self {
+        Self {
+            capacity: capacity_blocks,
+            blocks: HashMap::new(),
+            evictable: BTreeMap::new(),
+            clock: 0,
+            anonymous: 0,
+            queries: 0,
+            hits: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Blocks not available to a new request (referenced hashed blocks + anonymous ones).
+    pub fn used_blocks(&self) -> usize {
+        self.blocks.len() - self.evictable.len() + self.anonymous
+    }
+
+    /// `vllm:kv_cache_usage_perc`: fraction of blocks held by running requests.
+    pub fn usage(&self) -> f64 {
+        if self.capacity == 0 {
+            return 0.0;
+        }
+        self.used_blocks() as f64 / self.capacity as f64
+    }
+
+    /// Prefix-cache queries and hits in tokens, as vLLM's counters count them.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.queries, self.hits)
+    }
+
+    /// Length in blocks of the longest cached prefix of `hashes` (no side effects).
+    pub fn longest_prefix(&self, hashes: &[u64]) -> usize {
+        hashes
+            .iter()
+            .take_while(|h| self.blocks.contains_key(h))
+            .count()
+    }
+
+    pub fn contains(&self, hash: u64) -> bool {
+        self.blocks.contains_key(&hash)
+    }
+
+    fn free_blocks(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.blocks.len() + self.anonymous)
+    }
+
+    /// Reserves blocks for a request whose full blocks hash to `hashes` and which needs
+    /// `extra_blocks` more (partial block, room for output). Hits are re-referenced, the rest
+    /// stored, evicting least recently released blocks. Counts `prompt_tokens` as queried and
+    /// the hit blocks' tokens as hits.
+    pub fn allocate(
+        &mut self,
+        hashes: &[u64],
+        extra_blocks: usize,
+        block_size: usize,
+        prompt_tokens: usize,
+    ) -> Result<Allocation, CacheFull> {
+        let hit = self.longest_prefix(hashes);
+        // A hit block that is only evictable stops being available once referenced.
+        let hit_evictable = hashes[..hit]
+            .iter()
+            .filter(|h| self.evictable_contains(**h))
+            .count();
+        let new_blocks = hashes.len() - hit + extra_blocks;
+        let available = self.free_blocks() + self.evictable.len() - hit_evictable;
+        if new_blocks > available {
+            return Err(CacheFull {
+                needed: new_blocks,
+                available,
+            });
+        }
+        for h in &hashes[..hit] {
+            if let Some(b) = self.blocks.get_mut(h) {
+                if b.refs == 0 {
+                    self.evictable.remove(&b.stamp);
+                }
+                b.refs += 1;
+            }
+        }
+        let mut out = Allocation {
+            hit_blocks: hit,
+            ..Allocation::default()
+        };
+        for &h in &hashes[hit..] {
+            if let Some(b) = self.blocks.get_mut(&h) {
+                // Same content later in the prompt (or cached beyond a gap): share it.
+                if b.refs == 0 {
+                    self.evictable.remove(&b.stamp);
+                }
+                b.refs += 1;
+                continue;
+            }
+            self.make_room(&mut out.removed);
+            self.blocks.insert(h, Block { refs: 1, stamp: 0 });
+            out.stored.push(h);
+        }
+        for _ in 0..extra_blocks {
+            self.make_room(&mut out.removed);
+            self.anonymous += 1;
+        }
+        self.queries += prompt_tokens as u64;
+        self.hits += (hit * block_size).min(prompt_tokens) as u64;
+        Ok(out)
+    }
+
+    fn evictable_contains(&self, h: u64) -> bool {
+        self.blocks.get(&h).is_some_and(|b| b.refs == 0)
+    }
+
+    fn make_room(&mut self, removed: &mut Vec<u64>) {
+        if self.free_blocks() > 0 {
+            return;
+        }
+        if let Some((_, victim)) = self.evictable.pop_first() {
+            self.blocks.remove(&victim);
+            removed.push(victim);
+        }
+    }
+
+    /// Turns anonymous blocks into hashed ones as decoding fills them (vLLM publishes
+    /// these as BlockStored too). Returns the newly stored hashes.
+    pub fn promote(&mut self, hashes: &[u64]) -> Vec<u64> {
+        let mut stored = Vec::new();
+        for &h in hashes {
+            if self.anonymous == 0 {
+                break;
+            }
+            self.anonymous -= 1;
+            match self.blocks.get_mut(&h) {
+                Some(b) => {
+                    if b.refs == 0 {
+                        self.evictable.remove(&b.stamp);
+                    }
+                    b.refs += 1;
+                }
+                None => {
+                    self.blocks.insert(h, Block { refs: 1, stamp: 0 });
+                    stored.push(h);
+                }
+            }
+        }
+        stored
+    }
+
+    /// A finished request drops its references; blocks whose count reaches zero become
+    /// evictable. vLLM frees a request's blocks tail first, so the tail is evicted before
+    /// the shared prefix.
+    pub fn release(&mut self, hashes: &[u64], extra_blocks: usize) {
+        self.anonymous = self.anonymous.saturating_sub(extra_blocks);
+        // allocate referenced every occurrence once, so release drops one per occurrence.
+        for &h in hashes.iter().rev() {
+            if let Some(b) = self.blocks.get_mut(&h) {
+                b.refs = b.refs.saturating_sub(1);
+                if b.refs == 0 {
+                    self.clock += 1;
+                    b.stamp = self.clock;
+                    self.evictable.insert(self.clock, h);
+                }
+            }
+        }
+    }
+}
