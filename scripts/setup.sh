@@ -30,7 +30,7 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import envoy, cbor2, xxhash, tokenizers, transformers, msgspec, zmq, jinja2' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import envoy, cbor2, xxhash, tokenizers, transformers, msgspec, zmq, jinja2, kubernetes_validate, yaml' 2>/dev/null; then
   log "installing python packages"
   "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt
 fi
