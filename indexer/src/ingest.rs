@@ -517,31 +517,30 @@ async fn replay(
     let mut request = ZmqMessage::from(Vec::<u8>::new());
     request.push_back(from.to_be_bytes().to_vec().into());
     socket.send(request).await?;
-    let topic = format!("kv@{host}@replay");
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(2), socket.recv()).await??;
         let frames = frames_of(&msg);
-        // Skip the empty delimiter frame, if the ROUTER sent one.
-        let frames: Vec<&[u8]> = frames
-            .iter()
-            .map(Vec::as_slice)
-            .skip_while(|f| f.is_empty())
-            .collect();
-        let [seq, payload, ..] = frames.as_slice() else {
-            anyhow::bail!("short replay message");
+        let mut frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        // The ROUTER's empty delimiter frame, if the socket left it in.
+        if frames.len() > 3 && frames[0].is_empty() {
+            frames.remove(0);
+        }
+        // vLLM 0.3x replays [topic, seq, payload] (end: [b"", -1, b""]); 0.10/0.11
+        // replayed [seq, payload] (end: [-1, b""]).
+        let (topic, seq, payload) = match frames.as_slice() {
+            [topic, seq, payload] => (*topic, *seq, *payload),
+            // No topic: the model stays what the live stream said.
+            [seq, payload] => (&[][..], *seq, *payload),
+            _ => anyhow::bail!("replay message of {} frames", frames.len()),
         };
-        if *seq == (-1i64).to_be_bytes() {
+        if seq == (-1i64).to_be_bytes() {
             return Ok(());
         }
-        let n = u64::from_be_bytes((*seq).try_into().unwrap_or([0xff; 8]));
+        let n = u64::from_be_bytes(seq.try_into().unwrap_or([0xff; 8]));
         if n >= to {
             return Ok(());
         }
-        ingest.handle(
-            Source::Dialed(endpoint),
-            &[topic.as_bytes(), seq, payload],
-            true,
-        );
+        ingest.handle(Source::Dialed(endpoint), &[topic, seq, payload], true);
     }
 }
 

@@ -206,8 +206,11 @@ async fn bind_mode_vllm_0_11_arrays_native_keys_and_unknown_publishers_dropped()
 
     // Message 2 evicts the continuation's last block and stores another prompt.
     send(&mut engine, &messages[2]).await;
-    wait_for("the eviction", || gpu_run(&d, &chain) == 4).await;
-    assert_eq!(gpu_run(&d, &other), other.len());
+    // One message, two events: wait for both (a lookup may land between them).
+    wait_for("the eviction and the store", || {
+        gpu_run(&d, &chain) == 4 && gpu_run(&d, &other) == other.len()
+    })
+    .await;
     // Message 4 is data-parallel rank 1: its own pod, not rank 0's.
     send(&mut engine, &messages[3]).await;
     send(&mut engine, &messages[4]).await;
@@ -268,5 +271,133 @@ async fn connect_mode_vllm_0_32_bytes_hashes_rekeyed_with_another_seed() {
     // The eviction names the engine's hash: mapped back to our key.
     send(&mut engine, &messages[2]).await;
     wait_for("the eviction", || gpu_run(&d, &keys) == 4).await;
+    let _ = d.stop.send(true);
+}
+
+/// An engine's replay endpoint as vLLM's ZmqEventPublisher serves it: a ROUTER that takes
+/// `[b"", start_seq]` and answers each buffered message, then an end marker (seq -1).
+/// `with_topic`: vLLM 0.3x layout `[b"", topic, seq, payload]`; else 0.10/0.11's `[b"", seq, payload]`.
+async fn serve_replay(
+    mut router: zeromq::RouterSocket,
+    buffer: Vec<Vec<Vec<u8>>>,
+    with_topic: bool,
+) -> u64 {
+    use zeromq::SocketRecv;
+    let request = router.recv().await.unwrap();
+    let frames: Vec<Vec<u8>> = request.iter().map(|f| f.to_vec()).collect();
+    assert_eq!(frames.len(), 3, "[client, b\"\", start]: {frames:?}");
+    let start = u64::from_be_bytes(frames[2].as_slice().try_into().unwrap());
+    let reply = |parts: Vec<Vec<u8>>| {
+        let mut msg = ZmqMessage::from(frames[0].clone());
+        msg.push_back(Vec::<u8>::new().into());
+        for p in parts {
+            msg.push_back(p.into());
+        }
+        msg
+    };
+    for m in buffer
+        .iter()
+        .filter(|m| u64::from_be_bytes(m[1].as_slice().try_into().unwrap()) >= start)
+    {
+        let parts = if with_topic {
+            m.clone()
+        } else {
+            m[1..].to_vec()
+        };
+        router.send(reply(parts)).await.unwrap();
+    }
+    let end = (-1i64).to_be_bytes().to_vec();
+    let parts = if with_topic {
+        vec![vec![], end, vec![]]
+    } else {
+        vec![end, vec![]]
+    };
+    router.send(reply(parts)).await.unwrap();
+    start
+}
+
+async fn gap_is_replayed(run_name: &str, with_topic: bool) {
+    let (messages, index) = run(run_name);
+    let mut engine = zeromq::PubSocket::new();
+    let port = free_port();
+    engine
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let mut router = zeromq::RouterSocket::new();
+    let replay_port = free_port();
+    router
+        .bind(&format!("tcp://127.0.0.1:{replay_port}"))
+        .await
+        .unwrap();
+    let mut cfg = config(None, vec![format!("127.0.0.1:{port}")]);
+    cfg.replay_port = Some(replay_port);
+    let d = daemon(cfg, "42");
+    let first = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let second = event_values(&stored(&index, 1, 0)["block_hashes"]);
+    let chain: Vec<u64> = first.iter().chain(&second).copied().collect();
+    let replayer = tokio::spawn(serve_replay(router, messages.clone(), with_topic));
+    send_until_seen(&d, &mut engine, &messages[0], &first).await;
+    // Message 1 is lost on the PUB socket; message 2 reveals the gap.
+    send(&mut engine, &messages[2]).await;
+    let start = tokio::time::timeout(Duration::from_secs(5), replayer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(start, 1);
+    // Replayed message 1 stored the continuation; message 2 then evicted its last block.
+    wait_for("the replayed continuation", || gpu_run(&d, &chain) == 4).await;
+    assert_eq!(d.metrics.replays.get(), 1);
+    assert_eq!(d.metrics.seq_gaps.get(), 0);
+    let status = d.registry.snapshot(&Default::default());
+    let me = status
+        .iter()
+        .find(|s| s.endpoint == "127.0.0.1:8000")
+        .unwrap();
+    assert!(!me.stale);
+    assert_eq!(me.last_seq, Some(2));
+    assert_eq!(me.model.as_deref(), Some("Qwen3-32B"));
+    let _ = d.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_replayed_from_a_vllm_0_32_router() {
+    gap_is_replayed("vllm-0.32.0_int_hashes", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_replayed_from_a_vllm_0_11_router() {
+    gap_is_replayed("vllm-0.11.0_int_hashes", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_without_replay_marks_stale_and_relearns() {
+    let (messages, index) = run("vllm-0.32.0_int_hashes");
+    let mut engine = zeromq::PubSocket::new();
+    let port = free_port();
+    engine
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let d = daemon(config(None, vec![format!("127.0.0.1:{port}")]), "42");
+    let first = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let other = event_values(&stored(&index, 2, 1)["block_hashes"]);
+    send_until_seen(&d, &mut engine, &messages[0], &first).await;
+    send(&mut engine, &messages[2]).await;
+    wait_for("message 2", || gpu_run(&d, &other) == other.len()).await;
+    // What was held before the gap is unknown now: cleared, and the pod is stale.
+    assert_eq!(gpu_run(&d, &first), 0);
+    assert_eq!(d.metrics.seq_gaps.get(), 1);
+    let status = d.registry.snapshot(&Default::default());
+    assert!(status
+        .iter()
+        .any(|s| s.endpoint == "127.0.0.1:8000" && s.stale));
+    // A restart (sequence back to 0) clears the pod again and re-learns.
+    send(&mut engine, &messages[0]).await;
+    wait_for("the restart", || {
+        gpu_run(&d, &other) == 0 && gpu_run(&d, &first) == first.len()
+    })
+    .await;
+    assert_eq!(d.metrics.seq_restarts.get(), 1);
     let _ = d.stop.send(true);
 }
