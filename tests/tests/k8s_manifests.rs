@@ -96,7 +96,10 @@ fn broken_manifests_are_refused() {
         std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
         let (ok, out) = run_validator(Some(&dir));
         assert!(!ok, "{file}: {to:?} was accepted:\n{out}");
-        assert!(out.contains(expect), "{file}: expected {expect:?} in:\n{out}");
+        assert!(
+            out.contains(expect),
+            "{file}: expected {expect:?} in:\n{out}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
