@@ -152,3 +152,92 @@ fn deepseek_v3_matches_transformers() {
 fn gemma3_matches_transformers() {
     check_model("gemma3");
 }
+
+/// The corpus conversations an Anthropic `/v1/messages` body can express (one leading
+/// system prompt, then user/assistant turns of plain text), sent as that API's body with
+/// content blocks: vLLM converts them to the same chat messages, so the ids must equal
+/// transformers' ids for the chat form.
+#[test]
+fn anthropic_bodies_give_the_chat_forms_ids() {
+    let corpus = load("tests/corpus/conversations.json");
+    let vectors = load("tests/vectors/prompts.json");
+    let fixed = corpus["fixed_template_kwargs"].as_object().unwrap().clone();
+    for model in ["qwen3", "llama3", "deepseek_v3", "gemma3"] {
+        let enc = encoder(model, 8 << 20);
+        let expected = vectors["models"][model]["conversations"]
+            .as_array()
+            .unwrap();
+        let mut checked = 0;
+        for (conv, want) in corpus["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(expected)
+        {
+            let body = &conv["body"];
+            let plain = body
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| k == "messages" || k == "model")
+                && body["messages"].as_array().unwrap().iter().all(|m| {
+                    m.as_object()
+                        .unwrap()
+                        .keys()
+                        .all(|k| k == "role" || k == "content")
+                        && m["content"].is_string()
+                });
+            if !plain || want.get("ids").is_none() {
+                continue;
+            }
+            let mut messages: Vec<Value> = body["messages"].as_array().unwrap().clone();
+            let system = match messages.first() {
+                Some(m) if m["role"] == "system" => Some(messages.remove(0)["content"].clone()),
+                _ => None,
+            };
+            if messages.iter().any(|m| m["role"] == "system") {
+                continue;
+            }
+            let messages: Vec<Value> = messages
+                .iter()
+                .map(|m| {
+                    serde_json::json!({"role": m["role"],
+                        "content": [{"type": "text", "text": m["content"]}]})
+                })
+                .collect();
+            let mut anthropic =
+                serde_json::json!({"model": "m", "max_tokens": 16, "messages": messages});
+            if let Some(s) = system {
+                anthropic["system"] = s;
+            }
+            // Explicitly the Anthropic route: without a top-level system, a body of text
+            // blocks is also a valid OpenAI chat body, and detection may call it that.
+            let mut request = Request::parse(
+                anthropic.to_string().as_bytes(),
+                Some(Endpoint::AnthropicMessages),
+            )
+            .unwrap_or_else(|e| panic!("{model}/{}: {e}", conv["name"]));
+            if let Prompt::Chat(chat) = &mut request.prompt {
+                chat.template_kwargs.extend(fixed.clone());
+            }
+            let ids: Vec<u64> = enc
+                .prompt_tokens(&request)
+                .unwrap()
+                .into_iter()
+                .map(u64::from)
+                .collect();
+            let want_ids: Vec<u64> = want["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, want_ids, "{model}/{}", conv["name"]);
+            checked += 1;
+        }
+        assert!(
+            checked >= 10,
+            "{model}: only {checked} conversations checked"
+        );
+    }
+}
