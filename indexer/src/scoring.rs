@@ -46,6 +46,11 @@ pub struct ScoringWeights {
     /// Queued requests past which the best cached pod is abandoned for the least loaded.
     #[arg(long, default_value_t = 16.0)]
     pub spill_waiting: f64,
+    /// Worth of a cached prefix token against a token of load. 0 routes on load alone
+    /// (least loaded, ties to the first pod, no key-based spread): the benchmark's
+    /// load-only baseline, which must not get cache affinity through the back door.
+    #[arg(long, default_value_t = 1.0)]
+    pub cache_weight: f64,
 }
 
 impl Default for ScoringWeights {
@@ -57,6 +62,7 @@ impl Default for ScoringWeights {
             in_flight_cost: 1024.0,
             kv_usage_cost: 4096.0,
             spill_waiting: 16.0,
+            cache_weight: 1.0,
         }
     }
 }
@@ -106,7 +112,8 @@ impl ScoringWeights {
             Some(m) => {
                 let lower = m.any_tier_blocks.saturating_sub(m.gpu_blocks);
                 let saved = (m.gpu_blocks as f64 + self.lower_tier_weight * lower as f64)
-                    * block_size as f64;
+                    * block_size as f64
+                    * self.cache_weight.max(0.0);
                 (m.any_tier_blocks, saved)
             }
         }
@@ -139,7 +146,9 @@ impl ScoringWeights {
             return None;
         }
         // Deterministic spread for ties: rotate the order by the request's first key.
-        let offset = first_key.unwrap_or(0) as usize % candidates.len();
+        // Without cache weight the key must not pick the pod either (that would be affinity).
+        let spread_key = if self.cache_weight > 0.0 { first_key } else { None };
+        let offset = spread_key.unwrap_or(0) as usize % candidates.len();
         let order: Vec<usize> = (0..candidates.len())
             .map(|i| (i + offset) % candidates.len())
             .collect();
@@ -256,6 +265,27 @@ mod tests {
         assert_eq!(chosen.len(), 4, "ties spread over pods");
         let again = w.choose(&pods, &[], 64, Some(2)).unwrap().pod;
         assert_eq!(again, w.choose(&pods, &[], 64, Some(2)).unwrap().pod);
+    }
+
+    #[test]
+    fn cache_weight_zero_routes_on_load_alone() {
+        let w = ScoringWeights {
+            cache_weight: 0.0,
+            ..ScoringWeights::default()
+        };
+        let one_in_flight = PodLoad {
+            in_flight: 1,
+            ..Default::default()
+        };
+        let d = w
+            .choose(&[(pod(1), one_in_flight), idle(2)], &[hit(1, 93)], 64, None)
+            .unwrap();
+        assert_eq!((d.pod, d.reason), (pod(2), Reason::LeastLoaded));
+        // Equal loads: the first pod, whatever the request's key (no key affinity).
+        let pods = [idle(1), idle(2), idle(3)];
+        for k in 0..6u64 {
+            assert_eq!(w.choose(&pods, &[], 64, Some(k)).unwrap().pod, pod(1));
+        }
     }
 
     #[test]
