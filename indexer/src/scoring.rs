@@ -147,7 +147,11 @@ impl ScoringWeights {
         }
         // Deterministic spread for ties: rotate the order by the request's first key.
         // Without cache weight the key must not pick the pod either (that would be affinity).
-        let spread_key = if self.cache_weight > 0.0 { first_key } else { None };
+        let spread_key = if self.cache_weight > 0.0 {
+            first_key
+        } else {
+            None
+        };
         let offset = spread_key.unwrap_or(0) as usize % candidates.len();
         let order: Vec<usize> = (0..candidates.len())
             .map(|i| (i + offset) % candidates.len())
