@@ -63,5 +63,5 @@ PY
 chmod +x "$envoy_bin" 2>/dev/null || true
 mkdir -p "$here/.bin"
 ln -sf "$envoy_bin" "$here/.bin/envoy"
-log "envoy: $("$here/.bin/envoy" --version 2>/dev/null | tail -1 | cut -c1-100)"
+log "envoy: $("$here/.bin/envoy" --version 2>/dev/null | grep -m1 version | cut -c1-100)"
 log "done"

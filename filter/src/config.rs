@@ -272,16 +272,21 @@ impl PluginConfig {
                 }
             }
         }
+        let hash = HashConfig {
+            scheme,
+            block_size: raw.block_size,
+            seed: raw.hash_seed,
+        };
+        // An unseeded sha256_cbor_64bit/xxhash_cbor is seeded randomly by vLLM: refuse a
+        // configuration whose every lookup would miss.
+        hash.check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(Self {
             indexer_cluster: raw.indexer_cluster,
             indexer_authority: raw.indexer_authority,
             call_timeout: Duration::from_millis(raw.call_timeout_ms),
             max_body_bytes: raw.max_body_bytes,
-            hash: HashConfig {
-                scheme,
-                block_size: raw.block_size,
-                seed: raw.hash_seed,
-            },
+            hash,
             mode: raw.mode,
             tokenize_in: raw.tokenize_in,
             models: raw.models,
@@ -400,6 +405,11 @@ mod tests {
             PluginConfig::parse(br#"{"block_size":0}"#),
             Err(ConfigError::Invalid(_))
         ));
+        assert!(matches!(
+            PluginConfig::parse(br#"{"hash_scheme":"xxhash_cbor"}"#),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(PluginConfig::parse(br#"{"hash_scheme":"xxhash_cbor","hash_seed":"0"}"#).is_ok());
         assert!(matches!(
             PluginConfig::parse(b"{not json"),
             Err(ConfigError::Json(_))

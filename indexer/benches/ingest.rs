@@ -30,7 +30,7 @@ fn hash_config(seed: &str) -> HashConfig {
 }
 
 /// Frames as an engine with seed "42" publishes them.
-fn frames(generation: WireGeneration) -> Vec<Vec<Vec<u8>>> {
+fn frames(generation: WireGeneration) -> Vec<[Vec<u8>; 3]> {
     let hasher = BlockHasher::new(hash_config("42"));
     (0..EVENTS)
         .map(|r| {

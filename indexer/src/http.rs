@@ -25,6 +25,14 @@ use crate::index::PodIndex;
 use crate::models::Models;
 use crate::router::{RouteError, Router};
 
+/// A LoRA adapter the engines serve on a base model: it routes on the base model's engines,
+/// and its name (and, for vLLM >= 0.31's tagged key, its path) enter the block keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraAdapter {
+    pub base: String,
+    pub path: Option<String>,
+}
+
 /// What the handlers share.
 pub struct AppState {
     pub router: Router,
@@ -33,7 +41,8 @@ pub struct AppState {
     pub hash: HashConfig,
     pub extra_keys: kvroute_blockhash::ExtraKeysStyle,
     /// LoRA adapter name -> base model it runs on.
-    pub lora_bases: std::collections::HashMap<String, String>,
+    /// Adapter name -> its base model and path.
+    pub lora_bases: std::collections::HashMap<String, LoraAdapter>,
 }
 
 pub fn app(state: Arc<AppState>) -> Axum {
@@ -77,7 +86,11 @@ async fn route(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
             )
         }
     };
-    let model = st.lora_bases.get(&req.model).cloned().unwrap_or(req.model);
+    let model = st
+        .lora_bases
+        .get(&req.model)
+        .map(|a| a.base.clone())
+        .unwrap_or(req.model);
     match st.router.route(&model, &req.block_hashes) {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => route_error(e),
@@ -103,9 +116,13 @@ async fn route_prompt(
     let Some(requested) = request.model.clone() else {
         return error(StatusCode::BAD_REQUEST, "the body names no model");
     };
-    let (model, lora_name) = match st.lora_bases.get(&requested) {
-        Some(base) => (base.clone(), Some(requested.clone())),
-        None => (requested.clone(), None),
+    let (model, lora_name, lora_path) = match st.lora_bases.get(&requested) {
+        Some(adapter) => (
+            adapter.base.clone(),
+            Some(requested.clone()),
+            adapter.path.clone(),
+        ),
+        None => (requested.clone(), None, None),
     };
     let Some(m) = st.models.get(&model) else {
         return route_error(RouteError::UnknownModel(model));
@@ -122,7 +139,7 @@ async fn route_prompt(
     let extras = RequestExtras {
         cache_salt: request.cache_salt.clone(),
         lora_name,
-        lora_path: None,
+        lora_path,
     };
     let keys = match RequestKeys::compute_with_style(
         &m.encoder,
@@ -163,7 +180,11 @@ async fn tokenizer_file(
     State(st): State<Arc<AppState>>,
     Path((model, file)): Path<(String, String)>,
 ) -> Response {
-    let model = st.lora_bases.get(&model).cloned().unwrap_or(model);
+    let model = st
+        .lora_bases
+        .get(&model)
+        .map(|a| a.base.clone())
+        .unwrap_or(model);
     let Some(m) = st.models.get(&model) else {
         return error(StatusCode::NOT_FOUND, format!("unknown model {model:?}"));
     };

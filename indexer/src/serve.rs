@@ -9,7 +9,7 @@ use anyhow::Context;
 use kvroute_blockhash::{ExtraKeysStyle, HashConfig, HashScheme};
 use tokio::sync::watch;
 
-use crate::http::{app, AppState};
+use crate::http::{app, AppState, LoraAdapter};
 use crate::index::BlockIndex;
 use crate::ingest::{Ingest, IngestConfig};
 use crate::load::{scrape_loop, InFlight};
@@ -28,8 +28,9 @@ pub struct ServeConfig {
     /// A served model and its tokenizer folder, NAME=DIR (repeatable).
     #[arg(long = "model", value_name = "NAME=DIR")]
     pub models: Vec<String>,
-    /// A LoRA adapter served on a base model, ADAPTER=BASE (repeatable).
-    #[arg(long = "lora", value_name = "ADAPTER=BASE")]
+    /// A LoRA adapter served on a base model, ADAPTER=BASE[=PATH] (repeatable). PATH is the
+    /// adapter's path as the engines load it: vLLM >= 0.31 hashes it into the tagged LoRA key.
+    #[arg(long = "lora", value_name = "ADAPTER=BASE[=PATH]")]
     pub loras: Vec<String>,
     /// The engines' --prefix-caching-hash-algo.
     #[arg(long, default_value = "sha256_cbor")]
@@ -67,6 +68,27 @@ pub struct ServeConfig {
     pub weights: ScoringWeights,
 }
 
+impl LoraAdapter {
+    /// `ADAPTER=BASE[=PATH]` -> (adapter name, adapter).
+    pub fn parse(spec: &str) -> anyhow::Result<(String, LoraAdapter)> {
+        let mut parts = spec.splitn(3, '=');
+        let (Some(name), Some(base)) = (parts.next(), parts.next()) else {
+            anyhow::bail!("--lora {spec:?}: expected ADAPTER=BASE[=PATH]");
+        };
+        if name.is_empty() || base.is_empty() {
+            anyhow::bail!("--lora {spec:?}: expected ADAPTER=BASE[=PATH]");
+        }
+        let path = parts.next().filter(|p| !p.is_empty()).map(str::to_owned);
+        Ok((
+            name.to_owned(),
+            LoraAdapter {
+                base: base.to_owned(),
+                path,
+            },
+        ))
+    }
+}
+
 /// Everything built from the configuration, before any socket is opened.
 pub fn build(config: &ServeConfig) -> anyhow::Result<(Arc<AppState>, Arc<Ingest>)> {
     let models = Models::load(&config.models)?;
@@ -78,6 +100,10 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Arc<AppState>, Arc<Ingest>
         block_size: config.block_size,
         seed: config.hash_seed.clone(),
     };
+    // Refuse at start what no engine can match (an unseeded scheme is seeded randomly by
+    // vLLM, block size 0) rather than serve lookups that all miss.
+    hash.check()
+        .context("--hash-algo/--hash-seed/--block-size")?;
     let ingest = Arc::new(Ingest::new(
         config.ingest.clone(),
         index.clone(),
@@ -93,11 +119,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Arc<AppState>, Arc<Ingest>
     let lora_bases = config
         .loras
         .iter()
-        .map(|spec| {
-            spec.split_once('=')
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .with_context(|| format!("--lora {spec:?}: expected ADAPTER=BASE"))
-        })
+        .map(|spec| LoraAdapter::parse(spec))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let router = Router {
         index,
@@ -164,4 +186,23 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_spec_takes_an_optional_path() {
+        let (name, a) = LoraAdapter::parse("sql-lora=Qwen3-32B").expect("valid");
+        assert_eq!(
+            (name.as_str(), a.base.as_str(), a.path),
+            ("sql-lora", "Qwen3-32B", None)
+        );
+        let (_, a) = LoraAdapter::parse("sql-lora=Qwen3-32B=/adapters/sql").expect("valid");
+        assert_eq!(a.path.as_deref(), Some("/adapters/sql"));
+        for bad in ["sql-lora", "=Qwen3-32B", "sql-lora="] {
+            assert!(LoraAdapter::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
