@@ -151,7 +151,10 @@ impl EngineView {
         }
     }
     fn prefix(&self, hashes: &[u64]) -> usize {
-        hashes.iter().take_while(|h| self.blocks.contains(h)).count()
+        hashes
+            .iter()
+            .take_while(|h| self.blocks.contains(h))
+            .count()
     }
     fn touch_all(&mut self, hashes: &[u64]) {
         for &h in hashes {
@@ -224,16 +227,17 @@ pub fn run(config: &FleetConfig, policy: Policy, arrivals: &[Arrival]) -> RunSta
     let mut last_finish: f64 = 0.0;
     let first_arrival = arrivals.first().map(|a| a.at).unwrap_or(0.0);
     loop {
-        let (ei, et) = busy_until
-            .iter()
-            .enumerate()
-            .fold((usize::MAX, f64::INFINITY), |acc, (i, &t)| {
-                if t < acc.1 {
-                    (i, t)
-                } else {
-                    acc
-                }
-            });
+        let (ei, et) =
+            busy_until
+                .iter()
+                .enumerate()
+                .fold((usize::MAX, f64::INFINITY), |acc, (i, &t)| {
+                    if t < acc.1 {
+                        (i, t)
+                    } else {
+                        acc
+                    }
+                });
         let arrival_next = arrivals.get(next).map(|a| a.at).unwrap_or(f64::INFINITY);
         if ei == usize::MAX && arrival_next.is_infinite() {
             break;
@@ -242,8 +246,7 @@ pub fn run(config: &FleetConfig, policy: Policy, arrivals: &[Arrival]) -> RunSta
             let a = &arrivals[next];
             let id = next as SeqId;
             next += 1;
-            waiting_sum +=
-                engines.iter().map(|e| e.num_waiting()).sum::<usize>() as f64 / n as f64;
+            waiting_sum += engines.iter().map(|e| e.num_waiting()).sum::<usize>() as f64 / n as f64;
             let load = |e: &Scheduler| e.num_waiting() * 1000 + e.num_running();
             let pick = match policy {
                 Policy::Random => rng.below(n),
@@ -282,7 +285,10 @@ pub fn run(config: &FleetConfig, policy: Policy, arrivals: &[Arrival]) -> RunSta
                         .iter()
                         .copied()
                         .max_by_key(|&i| {
-                            (views[i].prefix(&a.hashes), std::cmp::Reverse(load(&engines[i])))
+                            (
+                                views[i].prefix(&a.hashes),
+                                std::cmp::Reverse(load(&engines[i])),
+                            )
                         })
                         .unwrap_or(0)
                 }
@@ -311,9 +317,7 @@ pub fn run(config: &FleetConfig, policy: Policy, arrivals: &[Arrival]) -> RunSta
         }
         for f in &out.first_tokens {
             if let Some(t0) = arrived_at.get(&f.id) {
-                stats
-                    .ttfts
-                    .push(end + e.timing.first_token_overhead - t0);
+                stats.ttfts.push(end + e.timing.first_token_overhead - t0);
             }
         }
         for f in &out.finished {
@@ -369,7 +373,9 @@ impl Workload {
     /// a seed rather than tokenized, so generating the workload costs no tokenizer time.
     pub fn tokens(seed: u64, len: usize) -> Vec<u32> {
         let mut rng = Rng::new(seed);
-        (0..len).map(|_| 1_000 + (rng.next_u64() % 140_000) as u32).collect()
+        (0..len)
+            .map(|_| 1_000 + (rng.next_u64() % 140_000) as u32)
+            .collect()
     }
 
     /// Poisson arrivals at `qps` for `seconds`, starting at `start`. `hash` maps a prompt's
@@ -422,7 +428,9 @@ mod tests {
             question_tokens: 200,
             output_tokens: 20,
         };
-        let arrivals = w.arrivals(4.0, 20.0, 0.0, &mut Rng::new(3), &|t| hasher.event_values(t));
+        let arrivals = w.arrivals(4.0, 20.0, 0.0, &mut Rng::new(3), &|t| {
+            hasher.event_values(t)
+        });
         let cfg = FleetConfig {
             engines: 4,
             ..FleetConfig::default()

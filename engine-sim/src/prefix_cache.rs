@@ -150,7 +150,9 @@ impl PrefixCache {
             self.anonymous += 1;
         }
         self.queries += prompt_tokens as u64;
-        self.hits += (hit * block_size).min(prompt_tokens) as u64;
+        // As vLLM counts them: whole blocks within all but the last prompt token.
+        self.hits +=
+            (hit.min(prompt_tokens.saturating_sub(1) / block_size.max(1)) * block_size) as u64;
         Ok(out)
     }
 
@@ -166,6 +168,17 @@ impl PrefixCache {
             self.blocks.remove(&victim);
             removed.push(victim);
         }
+    }
+
+    /// vLLM's `reset_prefix_cache`: drops every cached block, refused (false) while a
+    /// running request holds blocks, as vLLM refuses it.
+    pub fn reset(&mut self) -> bool {
+        if self.used_blocks() > 0 {
+            return false;
+        }
+        self.blocks.clear();
+        self.evictable.clear();
+        true
     }
 
     /// Turns anonymous blocks into hashed ones as decoding fills them (vLLM publishes

@@ -22,8 +22,9 @@ struct Seq {
     cached: usize,
     generated: usize,
     extra_blocks: usize,
-    /// Newly stored blocks not yet published (published as their chunk is computed).
-    pending_store: VecDeque<(usize, u64)>,
+    /// Newly stored blocks not yet published (published as their chunk is computed), by
+    /// index in `hashes`.
+    pending_store: VecDeque<usize>,
 }
 
 /// A request that produced its first token in a step.
@@ -42,6 +43,16 @@ pub struct Finished {
     pub output_tokens: usize,
 }
 
+/// A block a step stored, with the request and position it came from: a server needs
+/// them to publish vLLM's `BlockStored` (the block's tokens, its parent's hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub id: SeqId,
+    /// Position of the block in the request's prompt (0 = first block).
+    pub block_index: usize,
+    pub hash: u64,
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Default)]
 pub struct StepOutcome {
@@ -54,6 +65,8 @@ pub struct StepOutcome {
     /// KV events in publication order: evictions before the stores that caused them.
     pub removed: Vec<u64>,
     pub stored: Vec<u64>,
+    /// `stored` with where each block came from, in the same order.
+    pub stored_blocks: Vec<StoredBlock>,
 }
 
 impl StepOutcome {
@@ -99,6 +112,18 @@ impl Scheduler {
 
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Whether a request of this size can ever be admitted (its prompt and output fit in
+    /// the whole cache); one that cannot would wait forever, so servers refuse it.
+    pub fn fits(&self, prompt_tokens: usize, max_tokens: usize) -> bool {
+        (prompt_tokens + max_tokens.max(1)).div_ceil(self.block_size) <= self.cache.capacity()
+    }
+
+    /// vLLM's `/reset_prefix_cache`: only when no request runs or waits. True if cleared
+    /// (the server then publishes `AllBlocksCleared`).
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.is_idle() && self.cache.reset()
     }
 
     /// Queues a request whose full prompt blocks hash to `hashes` (chained, from the shared
@@ -155,9 +180,12 @@ impl Scheduler {
                 break;
             };
             out.removed.extend(alloc.removed);
-            // vLLM recomputes at least the last prompt token even on a full hit.
-            let cached =
-                (alloc.hit_blocks * self.block_size).min(seq.prompt_tokens.saturating_sub(1));
+            // vLLM looks hits up within the first prompt_tokens - 1 tokens (the last one
+            // is always computed to sample from), in whole blocks.
+            let cached = alloc
+                .hit_blocks
+                .min(seq.prompt_tokens.saturating_sub(1) / self.block_size)
+                * self.block_size;
             seq.cached = cached;
             seq.computed = cached;
             seq.extra_blocks = extra;
@@ -167,7 +195,7 @@ impl Scheduler {
                 .iter()
                 .enumerate()
                 .filter(|(_, h)| stored.contains(h))
-                .map(|(i, h)| ((i + 1) * self.block_size, *h))
+                .map(|(i, _)| i)
                 .collect();
             self.running.push(seq);
             let i = self.running.len() - 1;
@@ -205,15 +233,22 @@ impl Scheduler {
 
     /// Computes up to `budget` prompt tokens of running sequence `i`; returns tokens used.
     fn prefill_chunk(&mut self, i: usize, budget: usize, out: &mut StepOutcome) -> usize {
+        let block_size = self.block_size;
         let seq = &mut self.running[i];
         let n = (seq.prompt_tokens - seq.computed).min(budget);
         seq.computed += n;
         out.prefill_tokens += n;
-        while let Some(&(end, h)) = seq.pending_store.front() {
-            if end > seq.computed {
+        while let Some(&block_index) = seq.pending_store.front() {
+            if (block_index + 1) * block_size > seq.computed {
                 break;
             }
-            out.stored.push(h);
+            let hash = seq.hashes[block_index];
+            out.stored.push(hash);
+            out.stored_blocks.push(StoredBlock {
+                id: seq.id,
+                block_index,
+                hash,
+            });
             seq.pending_store.pop_front();
         }
         if seq.computed >= seq.prompt_tokens {
@@ -287,6 +322,12 @@ mod tests {
         assert_eq!(b.stored, h[32..64].to_vec());
         assert_eq!(c.stored, h[64..].to_vec());
         assert_eq!(c.first_tokens.len(), 1);
+        let positions: Vec<usize> = b.stored_blocks.iter().map(|s| s.block_index).collect();
+        assert_eq!(positions, (32..64).collect::<Vec<_>>());
+        assert!(b
+            .stored_blocks
+            .iter()
+            .all(|s| s.id == 1 && s.hash == h[s.block_index]));
     }
 
     #[test]
@@ -334,6 +375,33 @@ mod tests {
         let done = drain(&mut s);
         assert_eq!(done[0].cached_tokens, 640);
         assert_eq!(s.cache.counters(), (1480, 640));
+    }
+
+    #[test]
+    fn reset_clears_an_idle_cache_and_is_refused_while_running() {
+        let mut s = Scheduler::new(TimingModel::default(), 16, 4);
+        let h = hashes_bs(&(0..8).collect::<Vec<_>>(), 4);
+        s.submit(1, h.clone(), 8, 2);
+        s.step();
+        assert!(!s.reset_prefix_cache());
+        drain(&mut s);
+        assert_eq!(s.cache.longest_prefix(&h), 2);
+        assert!(s.reset_prefix_cache());
+        assert_eq!(s.cache.longest_prefix(&h), 0);
+        assert!(s.fits(8, 8));
+        assert!(!s.fits(16, 1));
+    }
+
+    #[test]
+    fn a_block_aligned_prompt_recomputes_its_last_block() {
+        let mut s = Scheduler::new(TimingModel::default(), 307_328, 64);
+        let prompt: Vec<u32> = (0..640).collect();
+        for id in 1..=2 {
+            s.submit(id, hashes(&prompt), prompt.len(), 1);
+        }
+        let done = drain(&mut s);
+        assert_eq!(done[1].cached_tokens, 576);
+        assert_eq!(s.cache.counters(), (1280, 576));
     }
 
     fn hashes_bs(tokens: &[u32], bs: usize) -> Vec<u64> {

@@ -1,0 +1,110 @@
+//! KV events out, as vLLM's `ZmqEventPublisher` sends them: one PUB socket (bound for the
+//! indexer to dial, or connected to the indexer's bound SUB), every batch as the frames
+//! `[topic, seq (8-byte big-endian), msgpack [ts, events, dp_rank]]` written by the
+//! kvevents encoder, sequence numbers from 0 with no gaps, and the last messages kept for
+//! the replay socket. The engine loop hands batches over a channel and never waits on the
+//! network.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvroute_kvevents::{encode_message, EventBatch, WireGeneration};
+use tokio::sync::mpsc;
+use zeromq::{Socket, SocketSend, ZmqMessage};
+
+use crate::server::ServerError;
+
+/// Which side of the ZeroMQ connection the engine takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEndpoint {
+    /// PUB binds (vLLM's `"endpoint": "tcp://*:5557"`); the indexer connects.
+    Bind(String),
+    /// PUB connects to the indexer's bound SUB (the seed's wiring).
+    Connect(String),
+}
+
+/// Sent messages, newest last, for the replay socket.
+pub type ReplayBuffer = Arc<Mutex<VecDeque<(u64, [Vec<u8>; 3])>>>;
+
+/// Where the engine loop drops its batches. A sink without a socket discards them (an
+/// engine started without KV events, as vLLM's default).
+#[derive(Clone)]
+pub struct KvSink {
+    tx: Option<mpsc::UnboundedSender<EventBatch>>,
+}
+
+impl KvSink {
+    pub fn disabled() -> Self {
+        Self { tx: None }
+    }
+
+    pub fn publish(&self, batch: EventBatch) {
+        if let Some(tx) = &self.tx {
+            // The publisher only stops with the process.
+            let _ = tx.send(batch);
+        }
+    }
+}
+
+pub struct KvPublisherConfig {
+    pub endpoint: KvEndpoint,
+    pub topic: String,
+    pub generation: WireGeneration,
+    pub replay_capacity: usize,
+}
+
+/// Opens the socket (a bind must succeed now; a connect is retried until the indexer
+/// listens) and starts the publishing task.
+pub async fn start(config: KvPublisherConfig) -> Result<(KvSink, ReplayBuffer), ServerError> {
+    let mut socket = zeromq::PubSocket::new();
+    if let KvEndpoint::Bind(addr) = &config.endpoint {
+        socket
+            .bind(addr)
+            .await
+            .map_err(|e| ServerError::Zmq(format!("binding {addr}: {e}")))?;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let buffer: ReplayBuffer = Arc::new(Mutex::new(VecDeque::new()));
+    tokio::spawn(publish_loop(config, socket, rx, buffer.clone()));
+    Ok((KvSink { tx: Some(tx) }, buffer))
+}
+
+async fn publish_loop(
+    config: KvPublisherConfig,
+    mut socket: zeromq::PubSocket,
+    mut rx: mpsc::UnboundedReceiver<EventBatch>,
+    buffer: ReplayBuffer,
+) {
+    if let KvEndpoint::Connect(addr) = &config.endpoint {
+        let mut warned = false;
+        while let Err(e) = socket.connect(addr).await {
+            if !warned {
+                tracing::warn!(%addr, "KV-event socket cannot connect yet, retrying: {e}");
+                warned = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!(%addr, topic = %config.topic, "KV events connected");
+    }
+    let mut seq: u64 = 0;
+    while let Some(batch) = rx.recv().await {
+        let frames = encode_message(&config.topic, seq, &batch, config.generation);
+        if config.replay_capacity > 0 {
+            if let Ok(mut b) = buffer.lock() {
+                if b.len() >= config.replay_capacity {
+                    b.pop_front();
+                }
+                b.push_back((seq, frames.clone()));
+            }
+        }
+        let [topic, seq_frame, payload] = frames;
+        let mut msg = ZmqMessage::from(topic);
+        msg.push_back(seq_frame.into());
+        msg.push_back(payload.into());
+        if let Err(e) = socket.send(msg).await {
+            tracing::warn!(seq, "KV event batch not sent: {e}");
+        }
+        seq += 1;
+    }
+}

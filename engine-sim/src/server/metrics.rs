@@ -1,0 +1,146 @@
+//! `/metrics` with vLLM's names and labels, because the indexer's load scraper (and any
+//! dashboard built for vLLM) reads an engine by them: the queue gauges, KV-cache usage and
+//! the prefix-cache counters, labelled `engine` and `model_name` as vLLM's V1 engine does.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabels {
+    pub engine: String,
+    pub model_name: String,
+}
+
+pub struct EngineMetrics {
+    labels: EngineLabels,
+    running: Family<EngineLabels, Gauge>,
+    waiting: Family<EngineLabels, Gauge>,
+    kv_usage: Family<EngineLabels, Gauge<f64, AtomicU64>>,
+    prefix_queries: Family<EngineLabels, Counter>,
+    prefix_hits: Family<EngineLabels, Counter>,
+    prompt_tokens: Family<EngineLabels, Counter>,
+    generation_tokens: Family<EngineLabels, Counter>,
+    request_success: Family<EngineLabels, Counter>,
+    registry: Registry,
+}
+
+impl EngineMetrics {
+    pub fn new(model: &str) -> Self {
+        let labels = EngineLabels {
+            engine: "0".into(),
+            model_name: model.to_string(),
+        };
+        let running = Family::<EngineLabels, Gauge>::default();
+        let waiting = Family::<EngineLabels, Gauge>::default();
+        let kv_usage = Family::<EngineLabels, Gauge<f64, AtomicU64>>::default();
+        let prefix_queries = Family::<EngineLabels, Counter>::default();
+        let prefix_hits = Family::<EngineLabels, Counter>::default();
+        let prompt_tokens = Family::<EngineLabels, Counter>::default();
+        let generation_tokens = Family::<EngineLabels, Counter>::default();
+        let request_success = Family::<EngineLabels, Counter>::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches",
+            running.clone(),
+        );
+        registry.register(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed",
+            waiting.clone(),
+        );
+        registry.register(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage",
+            kv_usage.clone(),
+        );
+        // Counters: the text encoding appends `_total`, as Python's client does for vLLM.
+        registry.register(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens",
+            prefix_queries.clone(),
+        );
+        registry.register(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens",
+            prefix_hits.clone(),
+        );
+        registry.register(
+            "vllm:prompt_tokens",
+            "Number of prefill tokens processed",
+            prompt_tokens.clone(),
+        );
+        registry.register(
+            "vllm:generation_tokens",
+            "Number of generation tokens processed",
+            generation_tokens.clone(),
+        );
+        registry.register(
+            "vllm:request_success",
+            "Count of successfully processed requests",
+            request_success.clone(),
+        );
+        // Every series exists from the start (vLLM exports zeros before the first request).
+        let m = Self {
+            labels,
+            running,
+            waiting,
+            kv_usage,
+            prefix_queries,
+            prefix_hits,
+            prompt_tokens,
+            generation_tokens,
+            request_success,
+            registry,
+        };
+        m.set_queues(0, 0, 0.0);
+        let _ = m.prefix_queries.get_or_create(&m.labels);
+        let _ = m.prefix_hits.get_or_create(&m.labels);
+        let _ = m.prompt_tokens.get_or_create(&m.labels);
+        let _ = m.generation_tokens.get_or_create(&m.labels);
+        let _ = m.request_success.get_or_create(&m.labels);
+        m
+    }
+
+    pub fn set_queues(&self, running: usize, waiting: usize, kv_usage: f64) {
+        self.running
+            .get_or_create(&self.labels)
+            .set(i64::try_from(running).unwrap_or(i64::MAX));
+        self.waiting
+            .get_or_create(&self.labels)
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        self.kv_usage.get_or_create(&self.labels).set(kv_usage);
+    }
+
+    /// Adds one admitted request's prefix-cache lookup (tokens queried, tokens hit).
+    pub fn add_prefix_lookup(&self, queried: u64, hit: u64) {
+        self.prefix_queries
+            .get_or_create(&self.labels)
+            .inc_by(queried);
+        self.prefix_hits.get_or_create(&self.labels).inc_by(hit);
+    }
+
+    pub fn add_finished(&self, prompt_tokens: u64, output_tokens: u64) {
+        self.prompt_tokens
+            .get_or_create(&self.labels)
+            .inc_by(prompt_tokens);
+        self.generation_tokens
+            .get_or_create(&self.labels)
+            .inc_by(output_tokens);
+        self.request_success.get_or_create(&self.labels).inc();
+    }
+
+    /// The Prometheus text page.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,101 @@
+//! The served model's prompt side, through the shared crate: the same template rendering,
+//! tokenization and chained block hashes the router computes, so the blocks this engine
+//! caches and publishes are the ones vLLM would (and the ones the filter asks about).
+
+use std::path::Path;
+
+use kvroute_blockhash::{
+    BlockDigest, BlockHasher, Endpoint, ExtraKeysStyle, HashConfig, PromptEncoder, Request,
+    RequestExtras,
+};
+
+use crate::server::ServerError;
+
+/// A request's prompt as the engine holds it: tokens, and per full block its digest (the
+/// parent of the next block) and the value published in events.
+#[derive(Debug, Clone)]
+pub struct PromptBlocks {
+    pub token_ids: Vec<u32>,
+    pub digests: Vec<BlockDigest>,
+    pub hashes: Vec<u64>,
+    /// The request's cache salt: vLLM hashes it into the first block and publishes it in
+    /// that block's extra keys.
+    pub cache_salt: Option<String>,
+}
+
+pub struct ServedModel {
+    pub name: String,
+    encoder: PromptEncoder,
+    hasher: BlockHasher,
+    style: ExtraKeysStyle,
+}
+
+impl ServedModel {
+    /// Loads `tokenizer.json`, `tokenizer_config.json` and, when present,
+    /// `chat_template.jinja` (an override, as vLLM's --chat-template) from `dir`.
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        hash: HashConfig,
+        style: ExtraKeysStyle,
+    ) -> Result<Self, ServerError> {
+        let read = |file: &str| {
+            std::fs::read(dir.join(file)).map_err(|source| ServerError::Io {
+                what: dir.join(file).display().to_string(),
+                source,
+            })
+        };
+        let template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ServerError::Io {
+                    what: dir.join("chat_template.jinja").display().to_string(),
+                    source,
+                })
+            }
+        };
+        let encoder = PromptEncoder::from_files(
+            &read("tokenizer.json")?,
+            &read("tokenizer_config.json")?,
+            template.as_deref(),
+        )
+        .map_err(|e| ServerError::Config(format!("tokenizer in {}: {e}", dir.display())))?;
+        Ok(Self {
+            name: name.to_string(),
+            encoder,
+            hasher: BlockHasher::new(hash),
+            style,
+        })
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.hasher.block_size()
+    }
+
+    /// Tokens and block hashes of a body sent to `endpoint`; the error is the client's
+    /// (malformed body, unsupported content).
+    pub fn prompt(
+        &self,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<PromptBlocks, kvroute_blockhash::Error> {
+        let request = Request::parse(body, Some(endpoint))?;
+        let token_ids = self.encoder.prompt_tokens(&request)?;
+        let extras = RequestExtras {
+            cache_salt: request.cache_salt.clone(),
+            ..Default::default()
+        };
+        let style = self.style;
+        let digests = self
+            .hasher
+            .chain(None, &token_ids, &|i| extras.block_extra_keys(i, style));
+        let hashes = digests.iter().map(BlockDigest::event_value).collect();
+        Ok(PromptBlocks {
+            token_ids,
+            digests,
+            hashes,
+            cache_salt: request.cache_salt,
+        })
+    }
+}
