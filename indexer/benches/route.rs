@@ -1,24 +1,18 @@
 //! The indexer's numbers, printed as a table (docs/indexer.md records them):
 //! - route lookup: 112 keys over 1M keys held by 8 pods, p50/p99 in process;
 //! - memory: heap bytes per (block, pod) entry at 1M keys (counting allocator);
-//! - ingest: block events per second from pre-encoded frames, decode + keys + index, one core;
 //! - HTTP: `/v1/route` over loopback at 1,000 requests per second, p50/p99.
+//!
+//! Ingest throughput has its own criterion bench (`--bench ingest`).
 //!
 //! Run: `cargo bench -p kvroute-indexer --bench route`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
 use kvroute_indexer::index::{BlockIndex, IndexOp, Medium, PodIndex};
-use kvroute_indexer::ingest::{Ingest, IngestConfig, Source};
-use kvroute_indexer::metrics::Metrics;
-use kvroute_indexer::pods::{PodId, PodRegistry};
-use kvroute_kvevents::{
-    encode_message, BlockStored, EngineHash, EventBatch, KvEvent, WireGeneration,
-};
+use kvroute_indexer::pods::PodId;
 
 struct Counting;
 
@@ -104,73 +98,6 @@ fn main() {
     }
     lat.sort();
 
-    // --- ingest: decode + keys + index from pre-encoded frames ------------------------------
-    let hash = HashConfig {
-        scheme: HashScheme::Sha256Cbor,
-        block_size: 64,
-        seed: Some("42".into()),
-    };
-    let hasher = BlockHasher::new(hash.clone());
-    let mut frames = Vec::new();
-    let mut blocks_total = 0usize;
-    for (seq, r) in (0..2_000u32).enumerate() {
-        let tokens: Vec<u32> = (0..64 * 32).map(|i| (i * 31 + r * 7) % 150_000).collect();
-        let values = hasher.event_values(&tokens);
-        // 32 blocks per event (one 2,048-token prefill chunk), as vLLM publishes them.
-        let event = KvEvent::BlockStored(BlockStored {
-            block_hashes: values.iter().map(|v| EngineHash::Int(*v)).collect(),
-            parent_block_hash: None,
-            token_ids: tokens,
-            block_size: 64,
-            lora_id: None,
-            medium: Some(Medium::Gpu),
-            lora_name: None,
-            extra_keys: None,
-            group_idx: Some(0),
-            kv_cache_spec_kind: Some("full_attention".into()),
-            session_id: None,
-        });
-        blocks_total += values.len();
-        let batch = EventBatch {
-            ts: 0.0,
-            events: vec![event],
-            data_parallel_rank: Some(0),
-            skipped_unknown: 0,
-        };
-        frames.push(encode_message(
-            "kv@10.0.0.1@m",
-            seq as u64,
-            &batch,
-            WireGeneration::V03xMaps,
-        ));
-    }
-    let ingest_index = Arc::new(BlockIndex::new(8_000_000));
-    let ingest = Ingest::new(
-        IngestConfig {
-            zmq_bind: None,
-            engines: vec!["10.0.0.1".into()],
-            engine_dns: None,
-            dns_interval_secs: 10,
-            zmq_port: 5557,
-            engine_port: 8000,
-            replay_port: None,
-            topic_pattern: "kv@{host}@{model}".into(),
-            silence_timeout_secs: 60,
-        },
-        ingest_index.clone(),
-        Arc::new(PodRegistry::new(None)),
-        Arc::new(Metrics::new()),
-        hash,
-        ExtraKeysStyle::Tagged,
-    );
-    let t = Instant::now();
-    for f in &frames {
-        let refs: Vec<&[u8]> = f.iter().map(Vec::as_slice).collect();
-        ingest.handle(Source::Dialed("10.0.0.1:8000"), &refs, false);
-    }
-    let ingest_secs = t.elapsed().as_secs_f64();
-    assert_eq!(ingest_index.entries(), blocks_total);
-
     // --- HTTP over loopback ------------------------------------------------------------------
     let http = http_bench(&chains);
 
@@ -189,10 +116,6 @@ fn main() {
         bytes / pod_entries as f64
     );
     println!(
-        "| ingest, decode + index, one core ({blocks_total} blocks in 32-block events) | {:.2} M block events/s | >= 2 M/s |",
-        blocks_total as f64 / ingest_secs / 1e6
-    );
-    println!(
         "| /v1/route over loopback at 1,000 req/s, p50 | {:.3} ms | |",
         http.0
     );
@@ -204,12 +127,14 @@ fn main() {
 
 /// Paced client at 1,000 req/s for 3 s against the real axum app; (p50, p99) in ms.
 fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The server gets its own runtime, as in `kvroute serve`; the client runs on another
+    // thread so that its timers and the server's tasks do not queue behind each other.
+    let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
+    let addr = server.block_on(async {
         let config =
             <kvroute_indexer::serve::ServeConfig as clap::FromArgMatches>::from_arg_matches(
                 &<kvroute_indexer::serve::ServeConfig as clap::Args>::augment_args(
@@ -247,6 +172,13 @@ fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
         tokio::spawn(async move {
             let _ = axum::serve(listener, kvroute_indexer::http::app(state)).await;
         });
+        addr
+    });
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    client_runtime.block_on(async {
         let client = reqwest::Client::new();
         let url = format!("http://{addr}/v1/route");
         let bodies: Vec<String> = chains
