@@ -1,6 +1,11 @@
 //! `Stack`: a whole kvroute deployment on loopback for one test or benchmark. Envoy (with
-//! or without the filter), N backends, and an indexer (the real `kvroute serve`, a scripted
+//! or without the filter), N engines, and an indexer (the real `kvroute serve`, a scripted
 //! stand-in, or one the caller runs), all on free ports, all stopped on drop.
+//!
+//! Engines are one of: minimal in-process [`Backend`]s (default; with [`StackBuilder::kv_engines`]
+//! they publish each prompt's blocks), simulated vLLM engines ([`StackBuilder::sim_engines`]:
+//! `kvroute-engine-sim` processes with a real prefix cache, timing and KV events), or real
+//! engines the caller runs ([`StackBuilder::external_engines`], e.g. vLLM pods).
 //!
 //! ```no_run
 //! # use kvroute_tests::stack::{Stack, IndexerSpec};
@@ -15,7 +20,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -33,6 +38,7 @@ use crate::paths;
 use crate::ports::free_port;
 use crate::process::{wait_until, ManagedProcess};
 use crate::scripted_indexer::{RouteScript, ScriptedIndexer};
+use crate::sim_engine::{KvLink, SimEngine, SimEngineArgs};
 
 /// The model name the seed uses, served with the real Qwen3 tokenizer.
 pub const QWEN3_MODEL: &str = "Qwen3-32B";
@@ -45,6 +51,21 @@ pub struct IndexerPorts {
     pub backends: Vec<SocketAddr>,
     /// Model name -> tokenizer directory.
     pub models: BTreeMap<String, PathBuf>,
+    /// How KV events reach the indexer.
+    pub kv: IndexerKv,
+}
+
+/// The indexer's side of the KV-event wiring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexerKv {
+    /// Bind a SUB socket on 127.0.0.1:`zmq` (`--zmq-bind`); engines connect.
+    Bind,
+    /// Connect to each engine's PUB socket: `--engine` specs `HOST:ZMQ_PORT[=HTTP_PORT]`,
+    /// and the engines' replay port when they offer one.
+    Connect {
+        engines: Vec<String>,
+        replay_port: Option<u16>,
+    },
 }
 
 /// Builds `kvroute serve`'s command line for a stack.
@@ -60,16 +81,33 @@ pub fn kvroute_serve(extra: &[&str]) -> IndexerArgs {
             "serve".to_string(),
             "--listen".into(),
             p.http.to_string(),
-            "--zmq-bind".into(),
-            format!("tcp://127.0.0.1:{}", p.zmq),
             "--scrape-interval-ms".into(),
             "60000".into(),
         ];
         if let Some(port) = p.backends.first().map(|b| b.port()) {
             args.extend(["--engine-port".to_string(), port.to_string()]);
         }
-        for b in &p.backends {
-            args.extend(["--engine".to_string(), b.ip().to_string()]);
+        match &p.kv {
+            IndexerKv::Bind => {
+                args.extend([
+                    "--zmq-bind".to_string(),
+                    format!("tcp://127.0.0.1:{}", p.zmq),
+                ]);
+                for b in &p.backends {
+                    args.extend(["--engine".to_string(), b.ip().to_string()]);
+                }
+            }
+            IndexerKv::Connect {
+                engines,
+                replay_port,
+            } => {
+                for e in engines {
+                    args.extend(["--engine".to_string(), e.clone()]);
+                }
+                if let Some(port) = replay_port {
+                    args.extend(["--replay-port".to_string(), port.to_string()]);
+                }
+            }
         }
         for (name, dir) in &p.models {
             args.extend(["--model".to_string(), format!("{name}={}", dir.display())]);
@@ -90,6 +128,63 @@ pub enum IndexerSpec {
     External(SocketAddr),
 }
 
+/// How simulated engines' KV events meet the indexer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvWiring {
+    /// Engines connect to the indexer's bound socket (the seed's vLLM configuration).
+    EnginesConnect,
+    /// Each engine binds its PUB (and replay ROUTER) socket; the indexer connects.
+    IndexerConnects,
+}
+
+/// Simulated engines for a stack: `kvroute-engine-sim` processes on 127.0.0.2, .3, ...
+/// sharing one serving port.
+#[derive(Debug, Clone)]
+pub struct SimEngineOptions {
+    pub count: usize,
+    /// The serving port common to all engines; `None`: a free one.
+    pub port: Option<u16>,
+    /// 10: simulated time runs ten times faster than real time.
+    pub time_scale: f64,
+    /// `0.3x` or `0.10`.
+    pub kv_wire: String,
+    pub wiring: KvWiring,
+    /// ZeroMQ port of the engines' PUB sockets ([`KvWiring::IndexerConnects`]) or of the
+    /// indexer's SUB ([`KvWiring::EnginesConnect`]); `None`: a free one.
+    pub zmq_port: Option<u16>,
+    /// Engines offer a replay socket (and the indexer is told its port).
+    pub replay: bool,
+    /// The engines' PYTHONHASHSEED; give the indexer the same `--hash-seed` to index
+    /// natively, or not, and it re-keys.
+    pub hash_seed: Option<String>,
+    /// More `kvroute-engine-sim` flags for every engine.
+    pub extra_args: Vec<String>,
+}
+
+impl SimEngineOptions {
+    pub fn new(count: usize) -> Self {
+        Self {
+            count,
+            port: None,
+            time_scale: 20.0,
+            kv_wire: "0.3x".into(),
+            wiring: KvWiring::EnginesConnect,
+            zmq_port: None,
+            replay: false,
+            hash_seed: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// An engine the caller runs (a real vLLM): its OpenAI server and, when the indexer should
+/// connect to it, its KV-event PUB endpoint `tcp://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalEngine {
+    pub http: SocketAddr,
+    pub kv: Option<String>,
+}
+
 pub struct StackBuilder {
     backends: usize,
     concurrency: usize,
@@ -100,6 +195,10 @@ pub struct StackBuilder {
     wait_tokenizers: bool,
     buffer_max_bytes: usize,
     kv_engines: bool,
+    sim: Option<SimEngineOptions>,
+    external: Vec<ExternalEngine>,
+    envoy_ports: Option<(u16, u16)>,
+    indexer_port: Option<u16>,
 }
 
 impl StackBuilder {
@@ -162,6 +261,33 @@ impl StackBuilder {
         self
     }
 
+    /// Simulated vLLM engines instead of minimal backends (the stack's model must be set,
+    /// e.g. [`StackBuilder::qwen3`]; the indexer is usually [`IndexerSpec::Kvroute`]).
+    pub fn sim_engines(mut self, options: SimEngineOptions) -> Self {
+        self.sim = Some(options);
+        self
+    }
+
+    /// Engines the caller runs (real vLLM) instead of minimal backends. If any has a KV
+    /// endpoint the indexer connects to those; otherwise it binds its ZeroMQ socket
+    /// ([`Stack::zmq_port`]) for the engines to connect to.
+    pub fn external_engines(mut self, engines: Vec<ExternalEngine>) -> Self {
+        self.external = engines;
+        self
+    }
+
+    /// Envoy's listener and admin ports instead of free ones.
+    pub fn envoy_ports(mut self, listen: u16, admin: u16) -> Self {
+        self.envoy_ports = Some((listen, admin));
+        self
+    }
+
+    /// The indexer's HTTP port (on 127.0.0.1) instead of a free one.
+    pub fn indexer_port(mut self, port: u16) -> Self {
+        self.indexer_port = Some(port);
+        self
+    }
+
     pub fn start(self) -> anyhow::Result<Stack> {
         static STACKS: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -178,19 +304,60 @@ impl StackBuilder {
         // as pods do in a cluster: the indexer names an engine by its IP plus the serving
         // port. They start after the indexer, whose SUB socket they connect to.
         let kv_port = if self.kv_engines { free_port()? } else { 0 };
-        let mut backends = if self.kv_engines {
-            Vec::new()
-        } else {
+        let own_backends = !self.kv_engines && self.sim.is_none() && self.external.is_empty();
+        let mut backends = if own_backends {
             (0..self.backends)
                 .map(|i| Backend::start(&runtime, &format!("backend-{i}")))
                 .collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
         };
-        let pods: Vec<SocketAddr> = if self.kv_engines {
+        let sim_port = match &self.sim {
+            Some(sim) => sim.port.map_or_else(free_port, Ok)?,
+            None => 0,
+        };
+        let sim_zmq_port = match &self.sim {
+            Some(sim) => sim.zmq_port.map_or_else(free_port, Ok)?,
+            None => 0,
+        };
+        let sim_replay_port = match &self.sim {
+            Some(sim) if sim.replay => free_port()?,
+            _ => 0,
+        };
+        let pods: Vec<SocketAddr> = if let Some(sim) = &self.sim {
+            (0..sim.count)
+                .map(|i| SocketAddr::from((sim_engine_ip(i), sim_port)))
+                .collect()
+        } else if !self.external.is_empty() {
+            self.external.iter().map(|e| e.http).collect()
+        } else if self.kv_engines {
             (0..self.backends)
                 .map(|i| SocketAddr::from(([127, 0, 0, 2 + i as u8], kv_port)))
                 .collect()
         } else {
             backends.iter().map(|b| b.addr).collect()
+        };
+        let indexer_kv = match (&self.sim, self.external.iter().any(|e| e.kv.is_some())) {
+            (Some(sim), _) if sim.wiring == KvWiring::IndexerConnects => IndexerKv::Connect {
+                engines: pods
+                    .iter()
+                    .map(|p| format!("{}:{sim_zmq_port}", p.ip()))
+                    .collect(),
+                replay_port: sim.replay.then_some(sim_replay_port),
+            },
+            (None, true) => IndexerKv::Connect {
+                engines: self
+                    .external
+                    .iter()
+                    .filter_map(|e| {
+                        let kv = e.kv.as_deref()?;
+                        let host_port = kv.trim_start_matches("tcp://");
+                        Some(format!("{host_port}={}", e.http.port()))
+                    })
+                    .collect(),
+                replay_port: None,
+            },
+            _ => IndexerKv::Bind,
         };
         let mut zmq_port = 0;
 
@@ -209,12 +376,17 @@ impl StackBuilder {
             }
             IndexerSpec::External(addr) => addr,
             IndexerSpec::Kvroute(args) => {
-                zmq_port = free_port()?;
+                zmq_port = match &self.sim {
+                    Some(sim) if sim.wiring == KvWiring::EnginesConnect => sim_zmq_port,
+                    _ => free_port()?,
+                };
+                let http_port = self.indexer_port.map_or_else(free_port, Ok)?;
                 let ports = IndexerPorts {
-                    http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                    http: SocketAddr::from(([127, 0, 0, 1], http_port)),
                     zmq: zmq_port,
                     backends: pods.clone(),
                     models: self.models.clone(),
+                    kv: indexer_kv.clone(),
                 };
                 let proc = ManagedProcess::spawn(
                     "kvroute serve",
@@ -259,6 +431,58 @@ impl StackBuilder {
             std::thread::sleep(Duration::from_millis(500));
         }
 
+        let mut sim_engines = Vec::new();
+        if let Some(sim) = &self.sim {
+            let (model, tokenizer) = self
+                .models
+                .iter()
+                .next()
+                .context("simulated engines need a model")?;
+            for pod in &pods {
+                let SocketAddr::V4(v4) = pod else {
+                    bail!("simulated engines live on IPv4 loopback");
+                };
+                let ip = *v4.ip();
+                let kv = match sim.wiring {
+                    KvWiring::EnginesConnect => {
+                        KvLink::Connect(format!("tcp://127.0.0.1:{sim_zmq_port}"))
+                    }
+                    KvWiring::IndexerConnects => KvLink::Bind(format!("tcp://{ip}:{sim_zmq_port}")),
+                };
+                let mut args = SimEngineArgs::qwen3(ip, pod.port())
+                    .kv(kv)
+                    .time_scale(sim.time_scale)
+                    .kv_wire(&sim.kv_wire);
+                args.model = model.clone();
+                args.tokenizer = tokenizer.clone();
+                args.hash_seed = sim.hash_seed.clone();
+                if sim.replay {
+                    args = args.replay_port(sim_replay_port);
+                }
+                args.extra = sim.extra_args.clone();
+                sim_engines.push(SimEngine::start(&args, &dir)?);
+            }
+            if let (KvWiring::IndexerConnects, Some(indexer)) = (sim.wiring, &indexer_process) {
+                // The indexer dials each engine (retrying every 500 ms): wait until every
+                // subscription is made, or events published now would be lost.
+                let subscribed = wait_until(Duration::from_secs(10), || {
+                    indexer
+                        .log_tail(1 << 20)
+                        .matches("subscribed to engine")
+                        .count()
+                        >= sim.count
+                });
+                if !subscribed {
+                    bail!(
+                        "the indexer did not subscribe to every engine\n{}",
+                        indexer.log_tail(4000)
+                    );
+                }
+            }
+            // A PUB socket drops messages until the subscription reaches it.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+
         let mut plugin = self.plugin;
         if !plugin.contains_key("models") {
             let models: serde_json::Map<String, serde_json::Value> = self
@@ -274,7 +498,10 @@ impl StackBuilder {
             .unwrap_or("filter")
             == "filter";
         let plugin_config = serde_json::Value::Object(plugin).to_string();
-        let (listen_port, admin_port) = Envoy::free_ports()?;
+        let (listen_port, admin_port) = match self.envoy_ports {
+            Some(ports) => ports,
+            None => Envoy::free_ports()?,
+        };
         let config = EnvoyConfig {
             listen_address: "127.0.0.1".into(),
             listen_port,
@@ -297,6 +524,9 @@ impl StackBuilder {
         Ok(Stack {
             envoy,
             backends,
+            sim_engines,
+            pods: config.pods.clone(),
+            zmq_port,
             indexer_addr,
             scripted,
             indexer_process,
@@ -306,10 +536,22 @@ impl StackBuilder {
     }
 }
 
+/// The loopback IP of simulated engine `i`: 127.0.0.2, 127.0.0.3, ... (then 127.0.1.x:
+/// all of 127/8 is loopback).
+pub fn sim_engine_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + i as u32)
+}
+
 /// A running deployment; everything stops when it is dropped.
 pub struct Stack {
     pub envoy: Envoy,
     pub backends: Vec<Backend>,
+    /// Simulated engines, in pod order (empty unless [`StackBuilder::sim_engines`]).
+    pub sim_engines: Vec<SimEngine>,
+    /// Every engine's OpenAI server, as Envoy and the indexer know it.
+    pub pods: Vec<SocketAddr>,
+    /// The indexer's ZeroMQ SUB port when it binds one (0 otherwise).
+    pub zmq_port: u16,
     pub indexer_addr: SocketAddr,
     scripted: Option<ScriptedIndexer>,
     indexer_process: Option<ManagedProcess>,
@@ -332,6 +574,10 @@ impl Stack {
             wait_tokenizers: true,
             buffer_max_bytes: 16 << 20,
             kv_engines: false,
+            sim: None,
+            external: Vec::new(),
+            envoy_ports: None,
+            indexer_port: None,
         }
     }
 
@@ -395,7 +641,25 @@ impl Stack {
             out.push('\n');
             out.push_str(&p.log_tail(4000));
         }
+        for e in &self.sim_engines {
+            out.push('\n');
+            out.push_str(&e.log_tail(2000));
+        }
         out
+    }
+
+    /// POST a completions body through Envoy.
+    pub fn completions(&self, body: &serde_json::Value) -> anyhow::Result<Response> {
+        http::post_json(
+            self.listen(),
+            "/v1/completions",
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// The directory holding every process's log.
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.dir
     }
 }
 
