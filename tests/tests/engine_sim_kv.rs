@@ -354,3 +354,59 @@ fn the_indexer_scrapes_running_requests_from_the_engine_metrics() {
     });
     assert!(idle);
 }
+
+#[test]
+fn bytes_hashes_route_and_a_prefix_cache_reset_clears_the_engine() {
+    let dir = std::env::temp_dir();
+    let zmq = free_port().unwrap();
+    let port = free_port().unwrap();
+    let ip = Ipv4Addr::new(127, 0, 0, 45);
+    let indexer = KvrouteServe::start(
+        &args(&[
+            "--zmq-bind",
+            &format!("tcp://127.0.0.1:{zmq}"),
+            "--engine-port",
+            &port.to_string(),
+            "--engine",
+            &ip.to_string(),
+            "--model",
+            &format!("Qwen3-32B={}", qwen3_dir()),
+            "--provisional-ttl-ms",
+            "1",
+        ]),
+        &dir,
+    )
+    .unwrap();
+    // vLLM with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0 publishes the 32-byte digests.
+    let mut engine_args = SimEngineArgs::qwen3(ip, port)
+        .kv(KvLink::Connect(format!("tcp://127.0.0.1:{zmq}")))
+        .time_scale(50.0);
+    engine_args.extra.push("--kv-bytes-hashes".into());
+    let engine = SimEngine::start(&engine_args, &dir).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let body = chat("zeta", 50);
+    let n = full_blocks(&body) as u64;
+    assert_eq!(
+        engine.post("/v1/chat/completions", &body).unwrap().status,
+        200
+    );
+    let route = route_until(&indexer, &body, |r| r["matched_blocks"].as_u64() == Some(n));
+    assert_eq!(route["endpoint"], engine.name);
+    assert_eq!(
+        indexer.pod(&engine.name).unwrap().unwrap()["key_mode"],
+        "native"
+    );
+
+    // vLLM's /reset_prefix_cache publishes AllBlocksCleared: the index forgets the engine's
+    // blocks, and the engine no longer reuses them.
+    let reset = kvroute_tests::http::post_json(engine.addr, "/reset_prefix_cache", b"").unwrap();
+    assert_eq!(reset.json().unwrap()["cleared"], true);
+    route_until(&indexer, &body, |r| r["matched_blocks"] == 0);
+    let again = engine
+        .post("/v1/chat/completions", &body)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(cached_tokens(&again), Some(0));
+}
