@@ -248,3 +248,29 @@ fn bad_requests_get_openai_errors_and_the_engine_keeps_serving() {
         .unwrap();
     assert_eq!(ok.status, 200);
 }
+
+#[test]
+fn a_10000_token_prompt_takes_the_calibrated_time_divided_by_the_time_scale() {
+    // 4.3 s cold and 0.6 s cached at real speed (the seed's single-instance figures).
+    let scale = 10.0;
+    let engine = SimEngine::start(
+        &SimEngineArgs::qwen3(Ipv4Addr::LOCALHOST, free_port().unwrap()).time_scale(scale),
+        &std::env::temp_dir(),
+    )
+    .unwrap();
+    let ids: Vec<u32> = (0..10_000u32).map(|i| 1000 + i % 30_000).collect();
+    let body = json!({"model": "Qwen3-32B", "prompt": ids, "max_tokens": 1});
+    let cold = engine.post("/v1/completions", &body).unwrap();
+    let warm = engine.post("/v1/completions", &body).unwrap();
+    assert_eq!(cached_tokens(&warm.json().unwrap()), Some(9_984));
+    let (cold, warm) = (cold.elapsed.as_secs_f64(), warm.elapsed.as_secs_f64());
+    // Never faster than the model; slower only by the machine's own overheads.
+    assert!(
+        cold >= 4.3 / scale * 0.95 && cold < 4.3 / scale + 0.5,
+        "cold {cold}"
+    );
+    assert!(
+        warm >= 0.6 / scale * 0.95 && warm < 0.6 / scale + 0.3,
+        "warm {warm}"
+    );
+}

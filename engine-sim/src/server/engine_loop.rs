@@ -13,11 +13,15 @@ use kvroute_kvevents::{
     BlockRemoved, BlockStored, EngineHash, EventBatch, KvEvent, Medium, WireGeneration,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::scheduler::{Scheduler, SeqId, StepOutcome, StoredBlock};
 use crate::server::kv_publisher::KvSink;
 use crate::server::metrics::EngineMetrics;
 use crate::server::model::PromptBlocks;
+
+/// How far behind real time the simulated clock may fall before it stops catching up.
+const MAX_LAG: Duration = Duration::from_millis(100);
 
 /// What a waiting response hears about its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +135,14 @@ pub fn spawn(
 
 impl Core {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        // The real instant the simulated clock has reached. Steps are scheduled against it
+        // rather than slept one by one, so the timer's millisecond granularity and the
+        // loop's own cost do not stretch a run at a high time scale: a step that ends late
+        // is followed at once by the next.
+        let mut clock: Option<Instant> = None;
         loop {
             if self.scheduler.is_idle() {
+                clock = None;
                 match rx.recv().await {
                     Some(cmd) => self.command(cmd),
                     None => return,
@@ -153,7 +163,12 @@ impl Core {
             } else {
                 out.duration / self.time_scale
             };
-            tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+            let now = Instant::now();
+            // A stall (a loaded machine) is not made up beyond MAX_LAG.
+            let from = clock.map_or(now, |c| c.max(now.checked_sub(MAX_LAG).unwrap_or(now)));
+            let until = from + Duration::from_secs_f64(pause);
+            tokio::time::sleep_until(until).await;
+            clock = Some(until);
             self.publish(&out);
             self.deliver(&out);
             self.update_gauges();

@@ -97,9 +97,12 @@ pub async fn run(
     let first_token_delay =
         Duration::from_secs_f64(timing.first_token_overhead / config.time_scale);
     let scheduler = Scheduler::new(timing, config.kv_capacity_tokens, config.block_size);
+    // A request larger than the whole cache could never be admitted: it is refused.
+    let cache_tokens = scheduler.cache.capacity() * config.block_size;
     let max_model_len = config
         .max_model_len
-        .unwrap_or(scheduler.cache.capacity() * config.block_size);
+        .unwrap_or(cache_tokens)
+        .min(cache_tokens);
     let metrics = Arc::new(EngineMetrics::new(&config.model));
     let engine = engine_loop::spawn(
         scheduler,
