@@ -39,6 +39,8 @@ pub struct PrefixCache {
     clock: u64,
     /// Blocks held by running requests that are not (yet) full, so not hashed.
     anonymous: usize,
+    /// Blocks promised to admitted requests and not taken yet ([`PrefixCache::reserve`]).
+    reserved: usize,
     queries: u64,
     hits: u64,
 }
@@ -51,6 +53,7 @@ impl PrefixCache {
             evictable: BTreeMap::new(),
             clock: 0,
             anonymous: 0,
+            reserved: 0,
             queries: 0,
             hits: 0,
         }
@@ -179,6 +182,61 @@ impl PrefixCache {
         self.blocks.clear();
         self.evictable.clear();
         true
+    }
+
+    /// Admits a request whose full prompt blocks hash to `hashes` and which will hold
+    /// `total_blocks` blocks at most: the longest cached prefix is referenced now (its
+    /// length is returned), the rest is only promised, and taken block by block with
+    /// [`PrefixCache::take_block`] as the request's tokens are computed, which is when vLLM
+    /// allocates them and evicts for them. Counts the lookup as vLLM's counters do.
+    pub fn reserve(
+        &mut self,
+        hashes: &[u64],
+        total_blocks: usize,
+        block_size: usize,
+        prompt_tokens: usize,
+    ) -> Result<usize, CacheFull> {
+        let hit = self.longest_prefix(hashes);
+        let hit_evictable = hashes[..hit]
+            .iter()
+            .filter(|h| self.evictable_contains(**h))
+            .count();
+        let needed = total_blocks.saturating_sub(hit);
+        let available = (self.free_blocks() + self.evictable.len())
+            .saturating_sub(hit_evictable + self.reserved);
+        if needed > available {
+            return Err(CacheFull { needed, available });
+        }
+        for h in &hashes[..hit] {
+            if let Some(b) = self.blocks.get_mut(h) {
+                if b.refs == 0 {
+                    self.evictable.remove(&b.stamp);
+                }
+                b.refs += 1;
+            }
+        }
+        self.reserved += needed;
+        self.queries += prompt_tokens as u64;
+        // As vLLM counts them: whole blocks within all but the last prompt token.
+        self.hits +=
+            (hit.min(prompt_tokens.saturating_sub(1) / block_size.max(1)) * block_size) as u64;
+        Ok(hit)
+    }
+
+    /// Takes one promised block for a request's next tokens (unhashed until full, see
+    /// [`PrefixCache::promote`]), evicting the least recently freed block if none is free.
+    pub fn take_block(&mut self, removed: &mut Vec<u64>) {
+        self.reserved = self.reserved.saturating_sub(1);
+        self.make_room(removed);
+        self.anonymous += 1;
+    }
+
+    /// A finished request: its hashed blocks (`hashes`, each once per reference) become
+    /// evictable when no one else holds them, tail first as vLLM frees them; its `unhashed`
+    /// blocks are freed and its `unused` promises dropped.
+    pub fn release_request(&mut self, hashes: &[u64], unhashed: usize, unused: usize) {
+        self.reserved = self.reserved.saturating_sub(unused);
+        self.release(hashes, unhashed);
     }
 
     /// Turns anonymous blocks into hashed ones as decoding fills them (vLLM publishes

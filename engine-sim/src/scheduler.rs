@@ -21,10 +21,11 @@ struct Seq {
     computed: usize,
     cached: usize,
     generated: usize,
-    extra_blocks: usize,
-    /// Newly stored blocks not yet published (published as their chunk is computed), by
-    /// index in `hashes`.
-    pending_store: VecDeque<usize>,
+    /// Blocks this request may hold at most (its prompt and all but its last output token).
+    total_blocks: usize,
+    /// Blocks it holds: `hashes[..hashed]` (cached or full), then unhashed ones.
+    held: usize,
+    hashed: usize,
 }
 
 /// A request that produced its first token in a step.
@@ -117,7 +118,13 @@ impl Scheduler {
     /// Whether a request of this size can ever be admitted (its prompt and output fit in
     /// the whole cache); one that cannot would wait forever, so servers refuse it.
     pub fn fits(&self, prompt_tokens: usize, max_tokens: usize) -> bool {
-        (prompt_tokens + max_tokens.max(1)).div_ceil(self.block_size) <= self.cache.capacity()
+        self.total_blocks(prompt_tokens, max_tokens) <= self.cache.capacity()
+    }
+
+    /// Blocks a request holds at most: KV for its prompt and every output token but the
+    /// last (sampled, never computed).
+    fn total_blocks(&self, prompt_tokens: usize, max_tokens: usize) -> usize {
+        (prompt_tokens + max_tokens.max(1) - 1).div_ceil(self.block_size)
     }
 
     /// vLLM's `/reset_prefix_cache`: only when no request runs or waits. True if cleared
@@ -137,13 +144,26 @@ impl Scheduler {
             computed: 0,
             cached: 0,
             generated: 0,
-            extra_blocks: 0,
-            pending_store: VecDeque::new(),
+            total_blocks: 0,
+            held: 0,
+            hashed: 0,
         });
     }
 
     /// Runs one step: decode running sequences, continue/admit prefills within the budget.
+    /// Blocks that generated tokens fill are not hashed (see [`Scheduler::step_with`]).
     pub fn step(&mut self) -> StepOutcome {
+        self.step_with(&mut |_, _| None)
+    }
+
+    /// [`Scheduler::step`], where a block that decoding fills (prompt tail plus generated
+    /// tokens) is cached as vLLM caches it: `decode_block_hash(id, block_index)` gives its
+    /// hash (the caller knows the tokens), the block is stored or shared, and reported in
+    /// `stored` like prompt blocks. `None` leaves it an unhashed block of the request.
+    pub fn step_with(
+        &mut self,
+        decode_block_hash: &mut dyn FnMut(SeqId, usize) -> Option<u64>,
+    ) -> StepOutcome {
         let mut out = StepOutcome::default();
         let mut budget = self.timing.token_budget.max(1);
         // Decodes first (one token each), then unfinished prefills, as vLLM's V1 does.
@@ -151,6 +171,24 @@ impl Scheduler {
             .filter(|&i| self.running[i].computed >= self.running[i].prompt_tokens)
             .collect();
         budget = budget.saturating_sub(decoding.len());
+        let block_size = self.block_size;
+        for &i in &decoding {
+            let seq = &mut self.running[i];
+            seq.generated += 1;
+            out.decoded.push(seq.id);
+            // This step computes the KV of the previous token: prompt + generated - 1
+            // tokens. A block they need is taken now, and a block they fill is cached now
+            // (vLLM allocates and caches when it schedules the step).
+            let kv = seq.prompt_tokens + seq.generated - 1;
+            Self::take_blocks(&mut self.cache, seq, kv, block_size, &mut out.removed);
+            if kv / block_size > seq.hashes.len() && seq.hashed == seq.hashes.len() {
+                let block_index = seq.hashes.len();
+                if let Some(hash) = decode_block_hash(seq.id, block_index) {
+                    seq.hashes.push(hash);
+                    Self::hash_full_blocks(&mut self.cache, seq, kv, block_size, &mut out);
+                }
+            }
+        }
         for i in 0..self.running.len() {
             if budget == 0 {
                 break;
@@ -163,48 +201,32 @@ impl Scheduler {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
-            // Blocks for the partial prompt block plus the whole output.
-            let total = seq.prompt_tokens + seq.max_tokens;
-            let extra = total
-                .div_ceil(self.block_size)
-                .saturating_sub(seq.hashes.len());
-            let alloc =
+            let total = self
+                .total_blocks(seq.prompt_tokens, seq.max_tokens)
+                .max(seq.hashes.len());
+            let hit =
                 match self
                     .cache
-                    .allocate(&seq.hashes, extra, self.block_size, seq.prompt_tokens)
+                    .reserve(&seq.hashes, total, self.block_size, seq.prompt_tokens)
                 {
-                    Ok(a) => a,
+                    Ok(hit) => hit,
                     Err(_) => break,
                 };
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            out.removed.extend(alloc.removed);
             // vLLM looks hits up within the first prompt_tokens - 1 tokens (the last one
             // is always computed to sample from), in whole blocks.
-            let cached = alloc
-                .hit_blocks
-                .min(seq.prompt_tokens.saturating_sub(1) / self.block_size)
-                * self.block_size;
+            let cached =
+                hit.min(seq.prompt_tokens.saturating_sub(1) / self.block_size) * self.block_size;
             seq.cached = cached;
             seq.computed = cached;
-            seq.extra_blocks = extra;
-            let stored: std::collections::HashSet<u64> = alloc.stored.into_iter().collect();
-            seq.pending_store = seq
-                .hashes
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| stored.contains(h))
-                .map(|(i, _)| i)
-                .collect();
+            seq.total_blocks = total;
+            seq.held = hit;
+            seq.hashed = hit;
             self.running.push(seq);
             let i = self.running.len() - 1;
             budget -= self.prefill_chunk(i, budget, &mut out);
-        }
-        for &i in &decoding {
-            let seq = &mut self.running[i];
-            seq.generated += 1;
-            out.decoded.push(seq.id);
         }
         out.duration = if out.is_idle() {
             0.0
@@ -217,7 +239,11 @@ impl Scheduler {
             let s = &self.running[k];
             if s.computed >= s.prompt_tokens && s.generated >= s.max_tokens {
                 let s = self.running.remove(k);
-                self.cache.release(&s.hashes, s.extra_blocks);
+                self.cache.release_request(
+                    &s.hashes[..s.hashed],
+                    s.held - s.hashed,
+                    s.total_blocks.saturating_sub(s.held),
+                );
                 out.finished.push(Finished {
                     id: s.id,
                     prompt_tokens: s.prompt_tokens,
@@ -231,6 +257,45 @@ impl Scheduler {
         out
     }
 
+    /// Takes the blocks `seq` needs to hold `tokens` tokens of KV (evicting as needed).
+    fn take_blocks(
+        cache: &mut PrefixCache,
+        seq: &mut Seq,
+        tokens: usize,
+        block_size: usize,
+        removed: &mut Vec<u64>,
+    ) {
+        let need = tokens.div_ceil(block_size).min(seq.total_blocks);
+        while seq.held < need {
+            cache.take_block(removed);
+            seq.held += 1;
+        }
+    }
+
+    /// Caches the blocks of `seq` that `tokens` computed tokens fill and that have a hash
+    /// (a block already cached by someone else is shared instead).
+    fn hash_full_blocks(
+        cache: &mut PrefixCache,
+        seq: &mut Seq,
+        tokens: usize,
+        block_size: usize,
+        out: &mut StepOutcome,
+    ) {
+        while seq.hashed < seq.hashes.len().min(seq.held) && (seq.hashed + 1) * block_size <= tokens
+        {
+            let block_index = seq.hashed;
+            for hash in cache.promote(&[seq.hashes[block_index]]) {
+                out.stored.push(hash);
+                out.stored_blocks.push(StoredBlock {
+                    id: seq.id,
+                    block_index,
+                    hash,
+                });
+            }
+            seq.hashed += 1;
+        }
+    }
+
     /// Computes up to `budget` prompt tokens of running sequence `i`; returns tokens used.
     fn prefill_chunk(&mut self, i: usize, budget: usize, out: &mut StepOutcome) -> usize {
         let block_size = self.block_size;
@@ -238,19 +303,14 @@ impl Scheduler {
         let n = (seq.prompt_tokens - seq.computed).min(budget);
         seq.computed += n;
         out.prefill_tokens += n;
-        while let Some(&block_index) = seq.pending_store.front() {
-            if (block_index + 1) * block_size > seq.computed {
-                break;
-            }
-            let hash = seq.hashes[block_index];
-            out.stored.push(hash);
-            out.stored_blocks.push(StoredBlock {
-                id: seq.id,
-                block_index,
-                hash,
-            });
-            seq.pending_store.pop_front();
-        }
+        Self::take_blocks(
+            &mut self.cache,
+            seq,
+            seq.computed,
+            block_size,
+            &mut out.removed,
+        );
+        Self::hash_full_blocks(&mut self.cache, seq, seq.computed, block_size, out);
         if seq.computed >= seq.prompt_tokens {
             // The step that finishes a prefill samples the first token.
             seq.generated = 1;
@@ -331,21 +391,25 @@ mod tests {
     }
 
     #[test]
-    fn eviction_is_lru_of_unreferenced_blocks_and_published_before_the_store() {
-        // Room for 4 blocks of 4 tokens; each request has 2 full blocks and needs 1 more for output.
+    fn eviction_is_lru_of_unreferenced_blocks_when_a_block_is_needed() {
+        // Room for 4 blocks of 4 tokens. p1 (2 full blocks, one more for its output) leaves
+        // 2 cached blocks and 2 free; p2 takes the 2 free ones for its prompt, and its
+        // output's block evicts p1's tail (freed tail first) in the step that needs it.
         let mut s = Scheduler::new(TimingModel::default(), 16, 4);
         let p1: Vec<u32> = (0..8).collect();
         let p2: Vec<u32> = (100..108).collect();
-        s.submit(1, hashes_bs(&p1, 4), 8, 1);
-        drain(&mut s);
-        s.submit(2, hashes_bs(&p2, 4), 8, 1);
-        let out = s.step();
-        // p1's tail block is evicted first (freed tail first), before p2's blocks are stored.
         let h1 = hashes_bs(&p1, 4);
-        assert_eq!(out.removed, vec![h1[1]]);
-        assert_eq!(out.stored, hashes_bs(&p2, 4));
+        s.submit(1, h1.clone(), 8, 5);
+        drain(&mut s);
+        s.submit(2, hashes_bs(&p2, 4), 8, 5);
+        let first = s.step();
+        assert_eq!(first.removed, Vec::<u64>::new());
+        assert_eq!(first.stored, hashes_bs(&p2, 4));
+        let second = s.step();
+        assert_eq!(second.removed, vec![h1[1]]);
         drain(&mut s);
         assert_eq!(s.cache.longest_prefix(&h1), 1);
+        assert_eq!(s.cache.used_blocks(), 0);
     }
 
     #[test]
@@ -389,7 +453,8 @@ mod tests {
         assert!(s.reset_prefix_cache());
         assert_eq!(s.cache.longest_prefix(&h), 0);
         assert!(s.fits(8, 8));
-        assert!(!s.fits(16, 1));
+        assert!(s.fits(16, 1));
+        assert!(!s.fits(16, 2));
     }
 
     #[test]
@@ -402,6 +467,37 @@ mod tests {
         let done = drain(&mut s);
         assert_eq!(done[1].cached_tokens, 576);
         assert_eq!(s.cache.counters(), (1280, 576));
+    }
+
+    #[test]
+    fn blocks_filled_by_generated_tokens_are_stored_then_evictable() {
+        // 4-token blocks: a 6-token prompt (one full block) generating 7 tokens fills block 1
+        // when 8 tokens are computed (3rd token) and block 2 at 12 (7th token).
+        let mut s = Scheduler::new(TimingModel::default(), 64, 4);
+        let prompt: Vec<u32> = (0..6).collect();
+        s.submit(1, hashes_bs(&prompt, 4), 6, 7);
+        let mut asked = Vec::new();
+        let mut stored = Vec::new();
+        while !s.is_idle() {
+            let out = s.step_with(&mut |id, k| {
+                asked.push((id, k));
+                Some(1000 + k as u64)
+            });
+            stored.extend(out.stored_blocks.iter().map(|b| (b.block_index, b.hash)));
+        }
+        assert_eq!(asked, vec![(1, 1), (1, 2)]);
+        assert_eq!(stored[1..], [(1, 1001), (2, 1002)]);
+        assert!(s.cache.contains(1002));
+        assert_eq!(s.cache.used_blocks(), 0, "every block released");
+        // Without hashes (step), the same request stores only its prompt block.
+        let mut plain = Scheduler::new(TimingModel::default(), 64, 4);
+        plain.submit(1, hashes_bs(&prompt, 4), 6, 7);
+        let mut n = 0;
+        while !plain.is_idle() {
+            n += plain.step().stored.len();
+        }
+        assert_eq!(n, 1);
+        assert_eq!(plain.cache.used_blocks(), 0);
     }
 
     fn hashes_bs(tokens: &[u32], bs: usize) -> Vec<u64> {

@@ -398,10 +398,16 @@ fn bytes_hashes_route_and_a_prefix_cache_reset_clears_the_engine() {
         "native"
     );
 
-    // vLLM's /reset_prefix_cache publishes AllBlocksCleared: the index forgets the engine's
-    // blocks, and the engine no longer reuses them.
+    // vLLM's /reset_prefix_cache publishes AllBlocksCleared with its next step's events
+    // (here another prompt's): the index forgets the engine's blocks, and the engine no
+    // longer reuses them.
     let reset = kvroute_tests::http::post_json(engine.addr, "/reset_prefix_cache", b"").unwrap();
     assert_eq!(reset.json().unwrap()["cleared"], true);
+    let other = chat("eta", 20);
+    assert_eq!(
+        engine.post("/v1/chat/completions", &other).unwrap().status,
+        200
+    );
     route_until(&indexer, &body, |r| r["matched_blocks"] == 0);
     let again = engine
         .post("/v1/chat/completions", &body)

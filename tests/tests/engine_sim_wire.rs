@@ -1,22 +1,35 @@
-//! The simulated engine's KV events against real vLLM 0.32's, frame by frame: the seed's
-//! requests sent to a `kvroute-engine-sim` (seed 42, as the capture's engine) give, for
-//! every block vLLM stored from a prompt, the same topic, the same events (hashes, parent,
-//! token ids, block size, medium, extra keys, group) and the same payload bytes as vLLM's
-//! own msgspec encoder wrote. (vLLM also stores blocks filled by generated tokens; the
-//! simulator does not, so those captured messages are skipped.)
+//! The simulated engine's KV events against real vLLM 0.32's, message by message, over the
+//! seed's whole capture (prompts, a block filled by generated tokens, evictions, a prefix
+//! cache reset, a cache salt): the engine runs with the capture's settings (seed 42, 160
+//! blocks of 64 tokens) and gets the same requests in the same order. Every message must
+//! have the same topic and events as vLLM's; a prompt block's event is identical (hashes,
+//! parent, tokens, extra keys, group: the payload's bytes are vLLM's own encoder's up to
+//! the timestamp). Blocks filled by generated tokens hold the simulator's tokens, not the
+//! real model's, so their hashes differ: they are checked against the shared crate's
+//! hash of their own tokens, and followed under their new name through later evictions.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use kvroute_kvevents::{decode_message, encode_payload, KvEvent, KvMessage, WireGeneration};
+use kvroute_blockhash::{BlockHasher, HashConfig};
+use kvroute_kvevents::{
+    decode_message, encode_payload, BlockRemoved, BlockStored, EngineHash, KvEvent, KvMessage,
+    WireGeneration,
+};
 use kvroute_tests::paths;
 use kvroute_tests::ports::free_port;
 use kvroute_tests::sim_engine::{seed_requests, KvLink, SimEngine, SimEngineArgs};
 use serde_json::Value;
 use zeromq::{Socket, SocketRecv};
 
+fn capture_dir() -> std::path::PathBuf {
+    paths::repo_root().join("testdata/vllm-0.32/sha256_cbor_seed42")
+}
+
+/// vLLM's messages, each with the request it was attributed to and its payload bytes.
 fn captured() -> Vec<(String, KvMessage, Vec<u8>)> {
-    let dir = paths::repo_root().join("testdata/vllm-0.32/sha256_cbor_seed42");
+    let dir = capture_dir();
     let index: Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     index
@@ -38,15 +51,25 @@ fn captured() -> Vec<(String, KvMessage, Vec<u8>)> {
         .collect()
 }
 
+fn ints(hashes: &[EngineHash]) -> Vec<u64> {
+    hashes.iter().map(EngineHash::as_u64).collect()
+}
+
 #[test]
-fn prompt_block_events_equal_real_vllm_032_frames() {
+fn kv_events_equal_real_vllm_032_frames_over_the_whole_capture() {
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(capture_dir().join("run_config.json")).unwrap())
+            .unwrap();
+    let block_size = run["block_size"].as_u64().unwrap() as usize;
+    let capacity = run["num_gpu_blocks_override"].as_u64().unwrap() as usize * block_size;
     let dir = std::env::temp_dir();
     let zmq = free_port().unwrap();
     let engine = SimEngine::start(
         &SimEngineArgs::qwen3(Ipv4Addr::LOCALHOST, free_port().unwrap())
             .kv(KvLink::Bind(format!("tcp://127.0.0.1:{zmq}")))
             .time_scale(50.0)
-            .hash_seed("42"),
+            .hash_seed(run["PYTHONHASHSEED"].as_str().unwrap())
+            .arg("--kv-capacity-tokens", &capacity.to_string()),
         &dir,
     )
     .unwrap();
@@ -63,80 +86,154 @@ fn prompt_block_events_equal_real_vllm_032_frames() {
     });
     std::thread::sleep(Duration::from_millis(300));
 
-    // The requests up to the first eviction: every block they store is new to the cache.
-    let names = ["round1", "round2", "plain_a", "plain_b_repeat", "evict_0"];
     let requests = seed_requests().unwrap();
-    for name in names {
-        let r = requests.iter().find(|r| r["name"] == name).unwrap();
-        let answer = engine
-            .post(r["endpoint"].as_str().unwrap(), &r["request"])
-            .unwrap();
-        assert_eq!(answer.status, 200);
+    for r in &requests {
+        let path = r["endpoint"].as_str().unwrap();
+        let body = if path == "/reset_prefix_cache" {
+            Value::Null
+        } else {
+            r["request"].clone()
+        };
+        let answer = kvroute_tests::http::post_json(
+            engine.addr,
+            path,
+            if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            }
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200, "{}", r["name"]);
     }
     let mut published = Vec::new();
     rt.block_on(async {
         while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await {
-            let frames: Vec<Vec<u8>> = msg.iter().map(|f| f.to_vec()).collect();
-            published.push(frames);
+            published.push(msg.iter().map(|f| f.to_vec()).collect::<Vec<Vec<u8>>>());
         }
     });
 
-    // vLLM's messages for these requests, without those storing a block that generated
-    // tokens filled (its tokens are not a block-aligned run of the request's prompt).
-    let real: Vec<(KvMessage, Vec<u8>)> = captured()
-        .into_iter()
-        .filter(|(request, _, _)| names.contains(&request.as_str()))
-        .filter(|(request, msg, _)| {
-            let prompt: Vec<u64> = requests
-                .iter()
-                .find(|r| r["name"] == request.as_str())
-                .and_then(|r| r["prompt_token_ids"].as_array())
-                .map(|ids| ids.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
-            msg.batch.events.iter().all(|e| match e {
-                KvEvent::BlockStored(s) => {
-                    let tokens: Vec<u64> = s.token_ids.iter().map(|t| u64::from(*t)).collect();
-                    prompt
-                        .chunks(64)
-                        .collect::<Vec<_>>()
-                        .windows(s.block_hashes.len())
-                        .any(|w| w.concat() == tokens)
-                }
-                _ => true,
-            })
-        })
-        .map(|(_, msg, payload)| (msg, payload))
-        .collect();
-    assert!(
-        real.len() >= 4,
-        "{} prompt messages in the capture",
-        real.len()
-    );
+    let real = captured();
     assert_eq!(
         published.len(),
         real.len(),
-        "the engine published {} messages",
-        published.len()
+        "the engine published {} messages, vLLM {}",
+        published.len(),
+        real.len()
     );
-    for (i, (frames, (vllm, vllm_payload))) in published.iter().zip(&real).enumerate() {
+    let hasher = BlockHasher::new(HashConfig {
+        seed: Some(run["PYTHONHASHSEED"].as_str().unwrap().to_string()),
+        ..HashConfig::default()
+    });
+    // vLLM's name of a block generated tokens filled -> the simulator's.
+    let mut renamed: HashMap<u64, u64> = HashMap::new();
+    let mut decode_blocks = 0;
+    for (i, (frames, (request, vllm, vllm_payload))) in published.iter().zip(&real).enumerate() {
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         let ours = decode_message(&refs).unwrap();
-        assert_eq!(ours.topic, vllm.topic, "message {i}");
+        let context = format!("message {i} ({request})");
+        assert_eq!(ours.topic, vllm.topic, "{context}");
         assert_eq!(ours.seq, i as u64, "sequence numbers from 0 without gaps");
-        assert_eq!(ours.batch.events, vllm.batch.events, "message {i}");
         assert_eq!(ours.batch.data_parallel_rank, vllm.batch.data_parallel_rank);
-        // Same bytes as vLLM's own encoder once the timestamp is the same (re-encoding the
-        // captured batch as is gives the captured bytes, so the encoder is vLLM's).
         assert_eq!(
-            &encode_payload(&vllm.batch, WireGeneration::V03xMaps),
-            vllm_payload
+            ours.batch.events.len(),
+            vllm.batch.events.len(),
+            "{context}"
         );
-        let mut same_time = vllm.batch.clone();
-        same_time.ts = ours.batch.ts;
-        assert_eq!(
-            frames[2],
-            encode_payload(&same_time, WireGeneration::V03xMaps),
-            "message {i}"
-        );
+        let prompt: Vec<u32> = requests
+            .iter()
+            .find(|r| r["name"] == request.as_str())
+            .and_then(|r| r["prompt_token_ids"].as_array())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|t| t.as_u64())
+                    .map(|t| t as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut identical = true;
+        for (o, v) in ours.batch.events.iter().zip(&vllm.batch.events) {
+            match (o, v) {
+                (KvEvent::BlockStored(o), KvEvent::BlockStored(v)) if o != v => {
+                    identical = false;
+                    decode_blocks += 1;
+                    check_decode_block(o, v, &prompt, &hasher, &mut renamed, &context);
+                }
+                (KvEvent::BlockRemoved(o), KvEvent::BlockRemoved(v)) if o != v => {
+                    identical = false;
+                    let translated = BlockRemoved {
+                        block_hashes: v
+                            .block_hashes
+                            .iter()
+                            .map(|h| {
+                                EngineHash::Int(*renamed.get(&h.as_u64()).unwrap_or(&h.as_u64()))
+                            })
+                            .collect(),
+                        ..v.clone()
+                    };
+                    assert_eq!(o, &translated, "{context}");
+                }
+                (o, v) => {
+                    assert!(
+                        o == v || matches!(o, KvEvent::BlockStored(_) | KvEvent::BlockRemoved(_))
+                    );
+                    assert_eq!(
+                        std::mem::discriminant(o),
+                        std::mem::discriminant(v),
+                        "{context}"
+                    );
+                }
+            }
+        }
+        if identical {
+            // Same bytes as vLLM's own encoder once the timestamp is the same (re-encoding
+            // the captured batch as is gives the captured bytes: the encoder is vLLM's).
+            assert_eq!(
+                &encode_payload(&vllm.batch, WireGeneration::V03xMaps),
+                vllm_payload
+            );
+            let mut same_time = vllm.batch.clone();
+            same_time.ts = ours.batch.ts;
+            assert_eq!(
+                frames[2],
+                encode_payload(&same_time, WireGeneration::V03xMaps),
+                "{context}"
+            );
+        }
     }
+    assert!(decode_blocks >= 1, "no block filled by generated tokens");
+}
+
+/// A block filled by generated tokens: vLLM's but for the generated tokens (and so the
+/// hash), which must be the shared crate's hash of the simulator's tokens.
+fn check_decode_block(
+    ours: &BlockStored,
+    vllm: &BlockStored,
+    prompt: &[u32],
+    hasher: &BlockHasher,
+    renamed: &mut HashMap<u64, u64>,
+    context: &str,
+) {
+    assert_eq!(ours.block_hashes.len(), 1, "{context}");
+    assert_eq!(vllm.block_hashes.len(), 1, "{context}");
+    let same_but_tokens = BlockStored {
+        block_hashes: vllm.block_hashes.clone(),
+        token_ids: vllm.token_ids.clone(),
+        ..ours.clone()
+    };
+    assert_eq!(&same_but_tokens, vllm, "{context}");
+    let bs = ours.block_size as usize;
+    let start = prompt.len() / bs * bs;
+    // The prompt's tail is the same; what follows is generated.
+    assert_eq!(
+        ours.token_ids[..prompt.len() - start],
+        vllm.token_ids[..prompt.len() - start],
+        "{context}"
+    );
+    let mut sequence = prompt[..start].to_vec();
+    sequence.extend(&ours.token_ids);
+    let expected = *hasher.event_values(&sequence).last().unwrap();
+    assert_eq!(ints(&ours.block_hashes), vec![expected], "{context}");
+    renamed.insert(vllm.block_hashes[0].as_u64(), expected);
 }

@@ -68,7 +68,8 @@ pub struct EngineConfig {
     pub extra_keys: String,
     #[arg(long, default_value_t = 64)]
     pub block_size: usize,
-    /// KV cache size in tokens (GPU blocks x block size); default: the seed's pods.
+    /// KV cache size in tokens (vLLM's GPU blocks x block size, the "GPU KV cache size" it
+    /// logs; one block is kept aside as vLLM does); default: the seed's pods.
     #[arg(long, default_value_t = 307_328)]
     pub kv_capacity_tokens: usize,
     /// Longest prompt + output accepted (vLLM's --max-model-len); default: the cache size.
@@ -169,9 +170,9 @@ impl EngineConfig {
                 self.time_scale
             )));
         }
-        if self.kv_capacity_tokens < self.block_size {
+        if self.block_size == 0 || self.kv_capacity_tokens < 2 * self.block_size {
             return Err(ServerError::Config(
-                "--kv-capacity-tokens must hold at least one block".into(),
+                "--kv-capacity-tokens must hold at least two blocks (vLLM keeps one aside)".into(),
             ));
         }
         Ok(())

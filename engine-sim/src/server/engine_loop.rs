@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::scheduler::{Scheduler, SeqId, StepOutcome, StoredBlock};
 use crate::server::kv_publisher::KvSink;
 use crate::server::metrics::EngineMetrics;
-use crate::server::model::PromptBlocks;
+use crate::server::model::{output_token, PromptBlocks, ServedModel};
 
 /// How far behind real time the simulated clock may fall before it stops catching up.
 const MAX_LAG: Duration = Duration::from_millis(100);
@@ -94,10 +94,59 @@ impl EngineHandle {
 struct Live {
     prompt: Arc<PromptBlocks>,
     events: mpsc::UnboundedSender<TokenEvent>,
+    /// Hashes and digests of the request's full blocks: the prompt's, then those that
+    /// generated tokens filled.
+    hashes: Vec<u64>,
+    digests: Vec<BlockDigest>,
+}
+
+impl Live {
+    fn new(prompt: Arc<PromptBlocks>, events: mpsc::UnboundedSender<TokenEvent>) -> Self {
+        Self {
+            hashes: prompt.hashes.clone(),
+            digests: prompt.digests.clone(),
+            prompt,
+            events,
+        }
+    }
+
+    /// Token `i` of the request's sequence: prompt, then the engine's output.
+    fn token(&self, i: usize) -> u32 {
+        self.prompt
+            .token_ids
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| output_token(i - self.prompt.token_ids.len()).1)
+    }
+
+    fn block_tokens(&self, blocks: std::ops::Range<usize>, block_size: usize) -> Vec<u32> {
+        (blocks.start * block_size..blocks.end * block_size)
+            .map(|i| self.token(i))
+            .collect()
+    }
+
+    /// Hashes the next block, which generated tokens just filled.
+    fn hash_decode_block(&mut self, model: &ServedModel, block_index: usize) -> Option<u64> {
+        if block_index != self.digests.len() {
+            return None;
+        }
+        let block_size = model.block_size();
+        let tokens = self.block_tokens(block_index..block_index + 1, block_size);
+        let digest = model.hash_block(
+            self.digests.last(),
+            &tokens,
+            block_index,
+            self.prompt.cache_salt.as_deref(),
+        );
+        self.digests.push(digest);
+        self.hashes.push(digest.event_value());
+        Some(digest.event_value())
+    }
 }
 
 struct Core {
     scheduler: Scheduler,
+    model: Arc<ServedModel>,
     time_scale: f64,
     sink: KvSink,
     style: EventStyle,
@@ -107,11 +156,14 @@ struct Core {
     /// Digests of cached blocks, only for bytes hashes (a removal names the digest).
     digests: HashMap<u64, BlockDigest>,
     counters: (u64, u64),
+    /// The cache was reset: `AllBlocksCleared` goes out with the next step's events.
+    pending_clear: bool,
 }
 
 /// Starts the engine core on the current runtime.
 pub fn spawn(
     scheduler: Scheduler,
+    model: Arc<ServedModel>,
     time_scale: f64,
     sink: KvSink,
     style: EventStyle,
@@ -120,6 +172,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let core = Core {
         scheduler,
+        model,
         time_scale,
         sink,
         style,
@@ -128,6 +181,7 @@ pub fn spawn(
         next_id: 1,
         digests: HashMap::new(),
         counters: (0, 0),
+        pending_clear: false,
     };
     tokio::spawn(core.run(rx));
     EngineHandle { tx }
@@ -154,7 +208,10 @@ impl Core {
             if self.scheduler.is_idle() {
                 continue;
             }
-            let out = self.scheduler.step();
+            let (live, model) = (&mut self.live, &self.model);
+            let out = self.scheduler.step_with(&mut |id, block_index| {
+                live.get_mut(&id)?.hash_decode_block(model, block_index)
+            });
             self.update_gauges();
             let pause = if out.is_idle() {
                 // Nothing could run (the cache is held by running requests): wait for the
@@ -190,15 +247,14 @@ impl Core {
                     prompt.token_ids.len(),
                     max_tokens,
                 );
-                self.live.insert(id, Live { prompt, events });
+                self.live.insert(id, Live::new(prompt, events));
                 self.update_gauges();
             }
             Command::Reset(reply) => {
                 let cleared = self.scheduler.reset_prefix_cache();
                 if cleared {
                     self.digests.clear();
-                    self.sink
-                        .publish(self.batch(vec![KvEvent::AllBlocksCleared]));
+                    self.pending_clear = true;
                 }
                 let _ = reply.send(cleared);
             }
@@ -242,23 +298,25 @@ impl Core {
     /// consecutive blocks of one request (with its parent and tokens).
     fn publish(&mut self, out: &StepOutcome) {
         let mut events = Vec::new();
-        if !out.removed.is_empty() {
-            let block_hashes = out.removed.iter().map(|h| self.engine_hash(*h)).collect();
-            for h in &out.removed {
-                self.digests.remove(h);
-            }
+        // vLLM reports a reset at the next step, first in that step's batch.
+        if std::mem::take(&mut self.pending_clear) {
+            events.push(KvEvent::AllBlocksCleared);
+        }
+        // One BlockRemoved per evicted block, as vLLM's block pool emits them.
+        for h in &out.removed {
             events.push(KvEvent::BlockRemoved(BlockRemoved {
-                block_hashes,
+                block_hashes: vec![self.engine_hash(*h)],
                 medium: self.maps().then_some(Medium::Gpu),
                 group_idx: self.maps().then_some(0),
             }));
+            self.digests.remove(h);
         }
         if self.style.bytes_hashes {
             for b in &out.stored_blocks {
                 if let Some(d) = self
                     .live
                     .get(&b.id)
-                    .and_then(|l| l.prompt.digests.get(b.block_index))
+                    .and_then(|l| l.digests.get(b.block_index))
                 {
                     self.digests.insert(b.hash, *d);
                 }
@@ -280,17 +338,15 @@ impl Core {
 
     fn stored_event(&self, run: &[StoredBlock]) -> Option<BlockStored> {
         let first = run.first()?;
-        let prompt = &self.live.get(&first.id)?.prompt;
+        let live = self.live.get(&first.id)?;
+        let prompt = &live.prompt;
         let block_size = self.scheduler.block_size();
         let start = first.block_index;
         let end = start + run.len();
-        let token_ids = prompt
-            .token_ids
-            .get(start * block_size..end * block_size)?
-            .to_vec();
+        let token_ids = live.block_tokens(start..end, block_size);
         let parent_block_hash = start
             .checked_sub(1)
-            .and_then(|p| prompt.hashes.get(p))
+            .and_then(|p| live.hashes.get(p))
             .map(|h| self.engine_hash(*h));
         let maps = self.maps();
         // 0.3x publishes one extra-keys entry per block: the salt on the request's first.
@@ -313,7 +369,7 @@ impl Core {
             extra_keys,
             group_idx: maps.then_some(0),
             kv_cache_spec_kind: maps.then(|| "full_attention".to_string()),
-            session_id: None,
+            session_id: prompt.session_id.clone().filter(|_| maps),
         })
     }
 

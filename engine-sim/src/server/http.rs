@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::server::engine_loop::{EngineHandle, TokenEvent};
 use crate::server::metrics::EngineMetrics;
-use crate::server::model::{PromptBlocks, ServedModel};
-use crate::server::openai::{output_token, usage, AnswerMeta, ApiError, Options};
+use crate::server::model::{output_token, PromptBlocks, ServedModel};
+use crate::server::openai::{usage, AnswerMeta, ApiError, Options};
 
 /// Prompts can be megabytes (axum's default limit is 2 MB).
 const MAX_BODY_BYTES: usize = 64 << 20;
@@ -117,7 +117,7 @@ async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<R
         )));
     }
     let model = s.model.clone();
-    let prompt = tokio::task::spawn_blocking(move || model.prompt(endpoint, &body))
+    let mut prompt = tokio::task::spawn_blocking(move || model.prompt(endpoint, &body))
         .await
         .map_err(|e| ApiError::unavailable(format!("tokenizer task failed: {e}")))?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -134,6 +134,7 @@ async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<R
             options.max_tokens
         )));
     }
+    prompt.session_id = options.session_id.clone();
     let prompt = Arc::new(prompt);
     let events = s
         .engine

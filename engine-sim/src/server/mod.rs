@@ -96,7 +96,13 @@ pub async fn run(
     let timing = config.timing();
     let first_token_delay =
         Duration::from_secs_f64(timing.first_token_overhead / config.time_scale);
-    let scheduler = Scheduler::new(timing, config.kv_capacity_tokens, config.block_size);
+    // vLLM's block pool keeps one block aside (the null block): a cache of N blocks caches
+    // N - 1.
+    let scheduler = Scheduler::new(
+        timing,
+        config.kv_capacity_tokens.saturating_sub(config.block_size),
+        config.block_size,
+    );
     // A request larger than the whole cache could never be admitted: it is refused.
     let cache_tokens = scheduler.cache.capacity() * config.block_size;
     let max_model_len = config
@@ -104,8 +110,10 @@ pub async fn run(
         .unwrap_or(cache_tokens)
         .min(cache_tokens);
     let metrics = Arc::new(EngineMetrics::new(&config.model));
+    let model = Arc::new(model);
     let engine = engine_loop::spawn(
         scheduler,
+        model.clone(),
         config.time_scale,
         sink,
         EventStyle {
@@ -123,7 +131,7 @@ pub async fn run(
         })?;
     let served_by = format!("{}:{}", config.engine_ip(), config.port);
     let state = Arc::new(http::AppState {
-        model: Arc::new(model),
+        model,
         engine,
         metrics,
         default_max_tokens: config.default_max_tokens,

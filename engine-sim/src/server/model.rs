@@ -21,6 +21,8 @@ pub struct PromptBlocks {
     /// The request's cache salt: vLLM hashes it into the first block and publishes it in
     /// that block's extra keys.
     pub cache_salt: Option<String>,
+    /// vLLM 0.32's `session_id` request field, echoed in the request's `BlockStored` events.
+    pub session_id: Option<String>,
 }
 
 pub struct ServedModel {
@@ -73,6 +75,24 @@ impl ServedModel {
         self.hasher.block_size()
     }
 
+    /// The digest of block `block_index` of a request, chained from `parent` (the previous
+    /// block's; `None` for the first), as vLLM hashes a block that generated tokens filled.
+    pub fn hash_block(
+        &self,
+        parent: Option<&BlockDigest>,
+        tokens: &[u32],
+        block_index: usize,
+        cache_salt: Option<&str>,
+    ) -> BlockDigest {
+        let extras = RequestExtras {
+            cache_salt: cache_salt.map(str::to_owned),
+            ..Default::default()
+        };
+        let parent = parent.copied().unwrap_or_else(|| self.hasher.none_hash());
+        let extra = extras.block_extra_keys(block_index, self.style);
+        self.hasher.hash_block(&parent, tokens, extra.as_ref())
+    }
+
     /// Tokens and block hashes of a body sent to `endpoint`; the error is the client's
     /// (malformed body, unsupported content).
     pub fn prompt(
@@ -96,6 +116,25 @@ impl ServedModel {
             digests,
             hashes,
             cache_salt: request.cache_salt,
+            session_id: None,
         })
     }
+}
+
+/// Output token `i` of every request, text and id: a fixed cycle of words (the simulator
+/// models time and cache, not language). The ids are Qwen3's for these words, so blocks
+/// that generated tokens fill hold plausible tokens.
+pub fn output_token(i: usize) -> (&'static str, u32) {
+    const WORDS: [(&str, u32); 9] = [
+        (" The", 576),
+        (" engine", 4712),
+        (" is", 374),
+        (" simulated", 45736),
+        (",", 11),
+        (" the", 279),
+        (" cache", 6500),
+        (" real", 1931),
+        (".", 13),
+    ];
+    WORDS[i % WORDS.len()]
 }

@@ -64,6 +64,8 @@ pub struct Options {
     pub include_usage: bool,
     /// vLLM's `return_token_ids`: prompt and output token ids in the answer.
     pub return_token_ids: bool,
+    /// vLLM's `session_id`, carried into the KV events.
+    pub session_id: Option<String>,
 }
 
 impl Options {
@@ -73,6 +75,11 @@ impl Options {
         let obj = body
             .as_object()
             .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+        let session_id = match obj.get("session_id") {
+            Some(Value::String(s)) => Some(s.clone()),
+            None | Some(Value::Null) => None,
+            Some(_) => return Err(ApiError::bad_request("`session_id` must be a string")),
+        };
         let model = match obj.get("model") {
             Some(Value::String(m)) => m.clone(),
             None | Some(Value::Null) => String::new(),
@@ -114,24 +121,9 @@ impl Options {
             stream,
             include_usage,
             return_token_ids: flag(obj.get("return_token_ids"), "return_token_ids")?,
+            session_id,
         })
     }
-}
-
-/// The text and id of output token `i`: a fixed cycle of words (the simulator models
-/// time and cache, not language).
-pub fn output_token(i: usize) -> (&'static str, u32) {
-    const WORDS: [(&str, u32); 8] = [
-        (" The", 576),
-        (" engine", 4712),
-        (" is", 374),
-        (" simulated", 45736),
-        (",", 11),
-        (" the", 279),
-        (" cache", 6500),
-        (" real.", 1931),
-    ];
-    WORDS[i % WORDS.len()]
 }
 
 pub fn usage(prompt_tokens: usize, cached_tokens: usize, output_tokens: usize) -> Value {
