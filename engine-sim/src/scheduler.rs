@@ -124,7 +124,9 @@ impl Scheduler {
     /// Blocks a request holds at most: KV for its prompt and every output token but the
     /// last (sampled, never computed).
     fn total_blocks(&self, prompt_tokens: usize, max_tokens: usize) -> usize {
-        (prompt_tokens + max_tokens.max(1) - 1).div_ceil(self.block_size)
+        prompt_tokens
+            .saturating_add(max_tokens.max(1) - 1)
+            .div_ceil(self.block_size)
     }
 
     /// vLLM's `/reset_prefix_cache`: only when no request runs or waits. True if cleared

@@ -232,6 +232,21 @@ fn bad_requests_get_openai_errors_and_the_engine_keeps_serving() {
             400,
         ),
         ("/v1/completions", Vec::new(), 400),
+        (
+            "/v1/completions",
+            br#"{"prompt": "hi", "max_tokens": 18446744073709551615}"#.to_vec(),
+            400,
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": ["a", "b"]}"#.to_vec(),
+            400,
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "hi", "session_id": 7}"#.to_vec(),
+            400,
+        ),
     ];
     for (path, body, status) in cases {
         let r = http::post_json(engine.addr, path, &body).unwrap();

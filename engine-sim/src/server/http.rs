@@ -124,7 +124,7 @@ async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<R
     if prompt.token_ids.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty"));
     }
-    let requested = prompt.token_ids.len() + options.max_tokens;
+    let requested = prompt.token_ids.len().saturating_add(options.max_tokens);
     if requested > s.max_model_len {
         return Err(ApiError::bad_request(format!(
             "This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the messages, {} in the completion).",
