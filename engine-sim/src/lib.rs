@@ -9,6 +9,6 @@ pub mod scheduler;
 pub mod server;
 pub mod timing;
 
-pub use prefix_cache::{Allocation, CacheFull, PrefixCache};
+pub use prefix_cache::{CacheFull, PrefixCache};
 pub use scheduler::{Finished, FirstToken, Scheduler, SeqId, StepOutcome, StoredBlock};
 pub use timing::TimingModel;

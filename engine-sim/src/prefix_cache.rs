@@ -1,7 +1,9 @@
 //! vLLM's prefix cache, reduced to what routing depends on: a fixed pool of blocks named by
 //! their chained hashes, reuse of the longest cached prefix, reference counts while a
-//! request runs, and LRU eviction of unreferenced blocks. The KV events an engine publishes
-//! (BlockStored / BlockRemoved) fall out of `allocate`, in vLLM's order: removals first.
+//! request runs, and LRU eviction of unreferenced blocks. A request is admitted with
+//! [`PrefixCache::reserve`] (its cached prefix referenced, the rest promised), takes blocks
+//! as its tokens are computed ([`PrefixCache::take_block`], which evicts: BlockRemoved) and
+//! names them once full ([`PrefixCache::promote`]: BlockStored), as vLLM's block pool does.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,15 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 pub struct CacheFull {
     pub needed: usize,
     pub available: usize,
-}
-
-/// What one allocation did: how many leading blocks were hits, which blocks were newly
-/// stored and which were evicted to make room (publish `removed` before `stored`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allocation {
-    pub hit_blocks: usize,
-    pub stored: Vec<u64>,
-    pub removed: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,67 +89,6 @@ impl PrefixCache {
     fn free_blocks(&self) -> usize {
         self.capacity
             .saturating_sub(self.blocks.len() + self.anonymous)
-    }
-
-    /// Reserves blocks for a request whose full blocks hash to `hashes` and which needs
-    /// `extra_blocks` more (partial block, room for output). Hits are re-referenced, the rest
-    /// stored, evicting least recently released blocks. Counts `prompt_tokens` as queried and
-    /// the hit blocks' tokens as hits.
-    pub fn allocate(
-        &mut self,
-        hashes: &[u64],
-        extra_blocks: usize,
-        block_size: usize,
-        prompt_tokens: usize,
-    ) -> Result<Allocation, CacheFull> {
-        let hit = self.longest_prefix(hashes);
-        // A hit block that is only evictable stops being available once referenced.
-        let hit_evictable = hashes[..hit]
-            .iter()
-            .filter(|h| self.evictable_contains(**h))
-            .count();
-        let new_blocks = hashes.len() - hit + extra_blocks;
-        let available = self.free_blocks() + self.evictable.len() - hit_evictable;
-        if new_blocks > available {
-            return Err(CacheFull {
-                needed: new_blocks,
-                available,
-            });
-        }
-        for h in &hashes[..hit] {
-            if let Some(b) = self.blocks.get_mut(h) {
-                if b.refs == 0 {
-                    self.evictable.remove(&b.stamp);
-                }
-                b.refs += 1;
-            }
-        }
-        let mut out = Allocation {
-            hit_blocks: hit,
-            ..Allocation::default()
-        };
-        for &h in &hashes[hit..] {
-            if let Some(b) = self.blocks.get_mut(&h) {
-                // Same content later in the prompt (or cached beyond a gap): share it.
-                if b.refs == 0 {
-                    self.evictable.remove(&b.stamp);
-                }
-                b.refs += 1;
-                continue;
-            }
-            self.make_room(&mut out.removed);
-            self.blocks.insert(h, Block { refs: 1, stamp: 0 });
-            out.stored.push(h);
-        }
-        for _ in 0..extra_blocks {
-            self.make_room(&mut out.removed);
-            self.anonymous += 1;
-        }
-        self.queries += prompt_tokens as u64;
-        // As vLLM counts them: whole blocks within all but the last prompt token.
-        self.hits +=
-            (hit.min(prompt_tokens.saturating_sub(1) / block_size.max(1)) * block_size) as u64;
-        Ok(out)
     }
 
     fn evictable_contains(&self, h: u64) -> bool {
@@ -280,5 +212,41 @@ impl PrefixCache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promises_count_against_later_admissions_and_evictions_come_when_blocks_are_taken() {
+        let mut cache = PrefixCache::new(4);
+        let mut removed = Vec::new();
+        // A request of 2 blocks, cached and released: 2 evictable, 2 free.
+        assert_eq!(cache.reserve(&[1, 2], 2, 4, 8), Ok(0));
+        for h in [1, 2] {
+            cache.take_block(&mut removed);
+            assert_eq!(cache.promote(&[h]), vec![h]);
+        }
+        cache.release_request(&[1, 2], 0, 0);
+        // Another promises 3 blocks: nothing is evicted until it takes them.
+        assert_eq!(cache.reserve(&[7, 8, 9], 3, 4, 12), Ok(0));
+        assert!(removed.is_empty());
+        // Only 1 block is left unpromised: a 2-block request must wait.
+        assert_eq!(
+            cache.reserve(&[20, 21], 2, 4, 8),
+            Err(CacheFull {
+                needed: 2,
+                available: 1
+            })
+        );
+        for _ in 0..3 {
+            cache.take_block(&mut removed);
+        }
+        // Two free blocks first, then the least recently freed: block 2 (freed tail first).
+        assert_eq!(removed, vec![2]);
+        assert_eq!(cache.longest_prefix(&[1, 2]), 1);
+        assert_eq!(cache.counters(), (20, 0));
     }
 }
