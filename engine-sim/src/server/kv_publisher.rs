@@ -60,7 +60,7 @@ pub async fn start(config: KvPublisherConfig) -> Result<(KvSink, ReplayBuffer), 
     let mut socket = zeromq::PubSocket::new();
     if let KvEndpoint::Bind(addr) = &config.endpoint {
         socket
-            .bind(addr)
+            .bind(&bind_address(addr))
             .await
             .map_err(|e| ServerError::Zmq(format!("binding {addr}: {e}")))?;
     }
@@ -68,6 +68,12 @@ pub async fn start(config: KvPublisherConfig) -> Result<(KvSink, ReplayBuffer), 
     let buffer: ReplayBuffer = Arc::new(Mutex::new(VecDeque::new()));
     tokio::spawn(publish_loop(config, socket, rx, buffer.clone()));
     Ok((KvSink { tx: Some(tx) }, buffer))
+}
+
+/// libzmq (and so vLLM's configuration) binds `tcp://*:PORT` on every interface; the
+/// zeromq crate wants an address.
+pub fn bind_address(endpoint: &str) -> String {
+    endpoint.replacen("tcp://*:", "tcp://0.0.0.0:", 1)
 }
 
 async fn publish_loop(
@@ -106,5 +112,16 @@ async fn publish_loop(
             tracing::warn!(seq, "KV event batch not sent: {e}");
         }
         seq += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_star_binds_every_interface() {
+        assert_eq!(bind_address("tcp://*:5557"), "tcp://0.0.0.0:5557");
+        assert_eq!(bind_address("tcp://10.0.0.5:5557"), "tcp://10.0.0.5:5557");
     }
 }

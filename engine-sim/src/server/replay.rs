@@ -19,7 +19,7 @@ pub async fn start(
 ) -> Result<(), ServerError> {
     let mut router = zeromq::RouterSocket::new();
     router
-        .bind(addr)
+        .bind(&crate::server::kv_publisher::bind_address(addr))
         .await
         .map_err(|e| ServerError::Zmq(format!("binding replay {addr}: {e}")))?;
     tokio::spawn(async move {
