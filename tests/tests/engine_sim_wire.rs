@@ -1,7 +1,8 @@
 //! The simulated engine's KV events against real vLLM 0.32's, message by message, over the
-//! seed's whole capture (prompts, a block filled by generated tokens, evictions, a prefix
-//! cache reset, a cache salt): the engine runs with the capture's settings (seed 42, 160
-//! blocks of 64 tokens) and gets the same requests in the same order. Every message must
+//! seed's whole captures (prompts, a block filled by generated tokens, evictions, a prefix
+//! cache reset, a cache salt, a session id; hashes as ints and as 32-byte digests): the
+//! engine runs with the capture's settings (seed 42, 160 blocks of 64 tokens) and gets the
+//! same requests in the same order. Every message must
 //! have the same topic and events as vLLM's; a prompt block's event is identical (hashes,
 //! parent, tokens, extra keys, group: the payload's bytes are vLLM's own encoder's up to
 //! the timestamp). Blocks filled by generated tokens hold the simulator's tokens, not the
@@ -23,13 +24,13 @@ use kvroute_tests::sim_engine::{seed_requests, KvLink, SimEngine, SimEngineArgs}
 use serde_json::Value;
 use zeromq::{Socket, SocketRecv};
 
-fn capture_dir() -> std::path::PathBuf {
-    paths::repo_root().join("testdata/vllm-0.32/sha256_cbor_seed42")
+fn capture_dir(run: &str) -> std::path::PathBuf {
+    paths::repo_root().join("testdata/vllm-0.32").join(run)
 }
 
 /// vLLM's messages, each with the request it was attributed to and its payload bytes.
-fn captured() -> Vec<(String, KvMessage, Vec<u8>)> {
-    let dir = capture_dir();
+fn captured(run: &str) -> Vec<(String, KvMessage, Vec<u8>)> {
+    let dir = capture_dir(run);
     let index: Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     index
@@ -57,22 +58,32 @@ fn ints(hashes: &[EngineHash]) -> Vec<u64> {
 
 #[test]
 fn kv_events_equal_real_vllm_032_frames_over_the_whole_capture() {
-    let run: Value =
-        serde_json::from_slice(&std::fs::read(capture_dir().join("run_config.json")).unwrap())
-            .unwrap();
+    same_events_as("sha256_cbor_seed42");
+}
+
+#[test]
+fn digest_bytes_hashes_equal_real_vllm_032_frames_too() {
+    // The same run with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0.
+    same_events_as("sha256_cbor_seed42_byteshashes");
+}
+
+fn same_events_as(capture: &str) {
+    let config = capture_dir(capture).join("run_config.json");
+    let run: Value = serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
+    let bytes_hashes = run["VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES"] == "0";
     let block_size = run["block_size"].as_u64().unwrap() as usize;
     let capacity = run["num_gpu_blocks_override"].as_u64().unwrap() as usize * block_size;
     let dir = std::env::temp_dir();
     let zmq = free_port().unwrap();
-    let engine = SimEngine::start(
-        &SimEngineArgs::qwen3(Ipv4Addr::LOCALHOST, free_port().unwrap())
-            .kv(KvLink::Bind(format!("tcp://127.0.0.1:{zmq}")))
-            .time_scale(50.0)
-            .hash_seed(run["PYTHONHASHSEED"].as_str().unwrap())
-            .arg("--kv-capacity-tokens", &capacity.to_string()),
-        &dir,
-    )
-    .unwrap();
+    let mut args = SimEngineArgs::qwen3(Ipv4Addr::LOCALHOST, free_port().unwrap())
+        .kv(KvLink::Bind(format!("tcp://127.0.0.1:{zmq}")))
+        .time_scale(50.0)
+        .hash_seed(run["PYTHONHASHSEED"].as_str().unwrap())
+        .arg("--kv-capacity-tokens", &capacity.to_string());
+    if bytes_hashes {
+        args.extra.push("--kv-bytes-hashes".into());
+    }
+    let engine = SimEngine::start(&args, &dir).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,7 +125,7 @@ fn kv_events_equal_real_vllm_032_frames_over_the_whole_capture() {
         }
     });
 
-    let real = captured();
+    let real = captured(capture);
     assert_eq!(
         published.len(),
         real.len(),
@@ -127,7 +138,7 @@ fn kv_events_equal_real_vllm_032_frames_over_the_whole_capture() {
         ..HashConfig::default()
     });
     // vLLM's name of a block generated tokens filled -> the simulator's.
-    let mut renamed: HashMap<u64, u64> = HashMap::new();
+    let mut renamed: HashMap<u64, EngineHash> = HashMap::new();
     let mut decode_blocks = 0;
     for (i, (frames, (request, vllm, vllm_payload))) in published.iter().zip(&real).enumerate() {
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
@@ -167,7 +178,10 @@ fn kv_events_equal_real_vllm_032_frames_over_the_whole_capture() {
                             .block_hashes
                             .iter()
                             .map(|h| {
-                                EngineHash::Int(*renamed.get(&h.as_u64()).unwrap_or(&h.as_u64()))
+                                renamed
+                                    .get(&h.as_u64())
+                                    .cloned()
+                                    .unwrap_or_else(|| h.clone())
                             })
                             .collect(),
                         ..v.clone()
@@ -212,7 +226,7 @@ fn check_decode_block(
     vllm: &BlockStored,
     prompt: &[u32],
     hasher: &BlockHasher,
-    renamed: &mut HashMap<u64, u64>,
+    renamed: &mut HashMap<u64, EngineHash>,
     context: &str,
 ) {
     assert_eq!(ours.block_hashes.len(), 1, "{context}");
@@ -235,5 +249,5 @@ fn check_decode_block(
     sequence.extend(&ours.token_ids);
     let expected = *hasher.event_values(&sequence).last().unwrap();
     assert_eq!(ints(&ours.block_hashes), vec![expected], "{context}");
-    renamed.insert(vllm.block_hashes[0].as_u64(), expected);
+    renamed.insert(vllm.block_hashes[0].as_u64(), ours.block_hashes[0].clone());
 }
