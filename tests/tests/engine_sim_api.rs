@@ -197,6 +197,22 @@ fn completions_models_and_token_ids_look_like_vllm() {
         )
         .unwrap();
     assert_eq!(served.header("x-served-by"), Some(engine.name.as_str()));
+    let streamed = engine
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "hi", "max_tokens": 4, "stream": true}),
+        )
+        .unwrap();
+    let (chunks, done) = sse_events(&streamed.body).unwrap();
+    assert!(done);
+    assert_eq!(chunks.len(), 4, "no usage chunk unless asked");
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 4, "{text}");
+    assert_eq!(chunks[3]["choices"][0]["finish_reason"], "length");
     assert_eq!(served.json().unwrap()["usage"]["completion_tokens"], 2);
 }
 
