@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 cargo build -q -p kvroute-filter --target wasm32-wasip1 --release
 raw=target/wasm32-wasip1/release/kvroute_filter.wasm
 out=target/kvroute_filter.wasm
-if command -v wasm-opt >/dev/null 2>&1; then
+if [ -f "$out" ] && [ "$out" -nt "$raw" ]; then
+  : # already shrunk from this build (wasm-opt -Oz takes half a minute; skip it)
+elif command -v wasm-opt >/dev/null 2>&1; then
   # The feature flags are those rustc's wasm32-wasip1 output already uses; wasm-opt must
   # be told, or it refuses the module. -Oz: size first, the hot loops stay fast in v8.
   wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \

@@ -98,11 +98,20 @@ pub struct Decision {
     pub candidates: Vec<Candidate>,
 }
 
+/// Our decisions the pod's last scrape does not show yet: in flight beyond what it reports
+/// waiting or running. A decision stays in flight until its response ends (a whole
+/// generation); once the pod reports it, the queue weights price it, and charging it again
+/// as in flight would count every decoding request twice, for minutes, until a long shared
+/// prefix no longer outweighs a few decodes (the benchmark measured exactly that).
+fn unseen_in_flight(load: &PodLoad) -> f64 {
+    (f64::from(load.in_flight) - load.waiting - load.running).max(0.0)
+}
+
 impl ScoringWeights {
     pub fn load_cost(&self, load: &PodLoad) -> f64 {
         self.waiting_cost * load.waiting
             + self.running_cost * load.running
-            + self.in_flight_cost * f64::from(load.in_flight)
+            + self.in_flight_cost * unseen_in_flight(load)
             + self.kv_usage_cost * load.kv_usage
     }
 
@@ -269,6 +278,26 @@ mod tests {
         assert_eq!(chosen.len(), 4, "ties spread over pods");
         let again = w.choose(&pods, &[], 64, Some(2)).unwrap().pod;
         assert_eq!(again, w.choose(&pods, &[], 64, Some(2)).unwrap().pod);
+    }
+
+    #[test]
+    fn in_flight_decisions_the_metrics_already_show_are_not_charged_twice() {
+        let w = ScoringWeights::default();
+        let unseen = PodLoad {
+            in_flight: 3,
+            ..Default::default()
+        };
+        let seen = PodLoad {
+            in_flight: 3,
+            running: 2.0,
+            waiting: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(w.load_cost(&unseen), 3.0 * w.in_flight_cost);
+        assert_eq!(
+            w.load_cost(&seen),
+            2.0 * w.running_cost + 1.0 * w.waiting_cost
+        );
     }
 
     #[test]

@@ -26,6 +26,29 @@ pub struct EnvoyConfig {
     pub pods: Vec<SocketAddr>,
     pub indexer: SocketAddr,
     pub buffer_max_bytes: usize,
+    /// `lb_policy` of `kvroute_pods`, the cluster of every pod (the fail-open path, and the
+    /// only path without the filter): benchmarks compare Envoy's own balancers with it.
+    pub pods_lb_policy: PodsLbPolicy,
+}
+
+/// Envoy's load balancers on the cluster of every pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodsLbPolicy {
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+}
+
+impl PodsLbPolicy {
+    /// Envoy's `lb_policy` enum name.
+    pub fn envoy_name(self) -> &'static str {
+        match self {
+            PodsLbPolicy::LeastRequest => "LEAST_REQUEST",
+            PodsLbPolicy::RoundRobin => "ROUND_ROBIN",
+            PodsLbPolicy::Random => "RANDOM",
+        }
+    }
 }
 
 impl EnvoyConfig {
@@ -46,6 +69,7 @@ impl EnvoyConfig {
                 .collect(),
             indexer: SocketAddr::from(([127, 0, 0, 1], 8081)),
             buffer_max_bytes: 16 << 20,
+            pods_lb_policy: PodsLbPolicy::default(),
         }
     }
 
@@ -82,6 +106,10 @@ impl EnvoyConfig {
             ),
             ("BUFFER_MAX_BYTES", self.buffer_max_bytes.to_string()),
             ("POD_ENDPOINTS", pods.join("\n")),
+            (
+                "PODS_LB_POLICY",
+                self.pods_lb_policy.envoy_name().to_string(),
+            ),
             ("INDEXER_HOST", self.indexer.ip().to_string()),
             ("INDEXER_PORT", self.indexer.port().to_string()),
         ];

@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use kvroute_blockhash::HashConfig;
 
 use crate::backend::Backend;
-use crate::envoy::{Envoy, EnvoyConfig};
+use crate::envoy::{Envoy, EnvoyConfig, PodsLbPolicy};
 use crate::http::{self, Response};
 use crate::kv_engine::{KvModel, KvPublisher};
 use crate::paths;
@@ -194,6 +194,7 @@ pub struct StackBuilder {
     indexer: IndexerSpec,
     wait_tokenizers: bool,
     buffer_max_bytes: usize,
+    pods_lb_policy: PodsLbPolicy,
     kv_engines: bool,
     sim: Option<SimEngineOptions>,
     external: Vec<ExternalEngine>,
@@ -253,6 +254,12 @@ impl StackBuilder {
     /// [`IndexerSpec::Kvroute`], e.g. with [`kvroute_serve`] arguments).
     pub fn kv_engines(mut self) -> Self {
         self.kv_engines = true;
+        self
+    }
+
+    /// Envoy's load balancer on the cluster of every pod (default least request).
+    pub fn pods_lb_policy(mut self, policy: PodsLbPolicy) -> Self {
+        self.pods_lb_policy = policy;
         self
     }
 
@@ -515,6 +522,7 @@ impl StackBuilder {
             pods,
             indexer: indexer_addr,
             buffer_max_bytes: self.buffer_max_bytes,
+            pods_lb_policy: self.pods_lb_policy,
         };
         let mut envoy = Envoy::start(&config, self.concurrency, &dir)?;
         if self.filter && self.wait_tokenizers && filter_tokenizes && !self.models.is_empty() {
@@ -573,6 +581,7 @@ impl Stack {
             indexer: IndexerSpec::Scripted(RouteScript::Hang),
             wait_tokenizers: true,
             buffer_max_bytes: 16 << 20,
+            pods_lb_policy: PodsLbPolicy::default(),
             kv_engines: false,
             sim: None,
             external: Vec::new(),

@@ -1,0 +1,117 @@
+//! A policy's deployment on loopback, through the shared test `Stack`: simulated engines
+//! (`kvroute-engine-sim`, time-scaled, the seed's KV capacity) and the real Envoy; for
+//! kvroute's modes also the filter and `kvroute serve`, whose clocks (metric scrapes,
+//! provisional and estimate memories) are scaled with the engines' so the indexer sees
+//! the same engine-time behaviour it would see at full speed.
+
+use kvroute_tests::stack::{
+    kvroute_serve, IndexerPorts, IndexerSpec, KvWiring, SimEngineOptions, Stack,
+};
+
+use crate::config::Plan;
+use crate::live::Target;
+use crate::policy::{Deployment as Kind, LivePolicy};
+
+pub struct Deployment {
+    stack: Stack,
+}
+
+impl Deployment {
+    /// What the filter and the indexer did (kvroute's modes): routed vs failed open, and
+    /// the indexer's decisions by reason. Empty without the filter.
+    pub fn routing_counters(&self, policy: LivePolicy) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        if !matches!(policy.deployment(), Kind::Kvroute(_)) {
+            return out;
+        }
+        if let Ok(text) = self.stack.envoy.prometheus() {
+            for line in text.lines() {
+                if line.starts_with("envoy_wasmcustom_kvroute_routed")
+                    || line.starts_with("envoy_wasmcustom_kvroute_fail_open")
+                {
+                    if let Some((k, v)) = line.rsplit_once(' ') {
+                        out.push((k.to_string(), v.parse().unwrap_or(0.0)));
+                    }
+                }
+            }
+        }
+        let indexer = self.stack.indexer_addr;
+        if let Ok(r) = kvroute_tests::http::send(indexer, "GET", "/metrics", &[], b"") {
+            for line in String::from_utf8_lossy(&r.body).lines() {
+                if line.starts_with("kvroute_route_decisions_total")
+                    || line.starts_with("kvroute_route_matched_blocks")
+                    || line.starts_with("kvroute_route_requested_blocks")
+                {
+                    if let Some((k, v)) = line.rsplit_once(' ') {
+                        out.push((k.to_string(), v.parse().unwrap_or(0.0)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            url: format!("http://{}/v1/chat/completions", self.stack.listen()),
+            engines: self.stack.pods.clone(),
+        }
+    }
+}
+
+/// `kvroute serve`'s flags whose values are engine-time durations, scaled to wall time.
+fn scaled_indexer_flags(plan: &Plan) -> Vec<(&'static str, String)> {
+    let s = plan.time_scale;
+    let ms = |engine_ms: f64| format!("{}", (engine_ms / s).round().max(10.0) as u64);
+    let secs = |engine_s: f64| format!("{}", (engine_s / s).ceil().max(1.0) as u64);
+    vec![
+        // vLLM-style scrape every second of engine time.
+        ("--scrape-interval-ms", ms(1000.0)),
+        ("--provisional-ttl-ms", ms(2000.0)),
+        ("--estimate-ttl-secs", secs(600.0)),
+        ("--in-flight-ttl-secs", secs(600.0)),
+    ]
+}
+
+pub fn start(plan: &Plan, policy: LivePolicy) -> anyhow::Result<Deployment> {
+    let mut sim = SimEngineOptions::new(plan.engines);
+    sim.time_scale = plan.time_scale;
+    sim.wiring = KvWiring::EnginesConnect;
+    sim.extra_args = vec![
+        "--kv-capacity-tokens".into(),
+        plan.kv_capacity_tokens.to_string(),
+    ];
+    let builder = Stack::builder()
+        .qwen3()
+        .concurrency(plan.envoy_concurrency)
+        .sim_engines(sim);
+    let builder = match policy.deployment() {
+        Kind::Kvroute(extra) => {
+            let flags = scaled_indexer_flags(plan);
+            let base = kvroute_serve(&[]);
+            let args = Box::new(move |p: &IndexerPorts| {
+                let mut args = base(p);
+                // The stack's defaults first, then ours: replace a flag's value in place
+                // (clap refuses a flag given twice).
+                for (flag, value) in &flags {
+                    match args.iter().position(|a| a == flag) {
+                        Some(i) if i + 1 < args.len() => args[i + 1] = value.clone(),
+                        _ => args.extend([flag.to_string(), value.clone()]),
+                    }
+                }
+                args.extend(extra.iter().cloned());
+                args
+            });
+            builder
+                .indexer(IndexerSpec::Kvroute(args))
+                .plugin(serde_json::json!({
+                    "tokenize_in": plan.tokenize_in,
+                    "debug_headers": false,
+                }))
+        }
+        Kind::Envoy(lb) => builder.without_filter().pods_lb_policy(lb),
+    };
+    Ok(Deployment {
+        stack: builder.start()?,
+    })
+}

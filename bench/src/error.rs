@@ -1,0 +1,20 @@
+//! The bench's own failures, typed so the library parts stay free of anyhow (it is used
+//! only at the binary's edge).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("tokenizing or hashing the workload: {0}")]
+    Blockhash(#[from] kvroute_blockhash::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("plotting {0}: {1}")]
+    Plot(PathBuf, String),
+    #[error("no TrueType font found for the plots (tried {0})")]
+    NoFont(String),
+}
