@@ -64,6 +64,10 @@ pub struct Args {
     /// Skip the PNGs.
     #[arg(long)]
     pub no_plots: bool,
+    /// One more `kvroute serve` flag for kvroute's policies (repeatable, e.g.
+    /// `--indexer-arg=--running-cost --indexer-arg=4`); the report names the variant.
+    #[arg(long, allow_hyphen_values = true)]
+    pub indexer_arg: Vec<String>,
     /// Only the fleet model (virtual time): no Envoy, no engines.
     #[arg(long)]
     pub no_live: bool,
@@ -88,6 +92,7 @@ pub struct Plan {
     pub full_model: bool,
     pub plots: bool,
     pub require_hit_vs_oracle: Option<f64>,
+    pub indexer_args: Vec<String>,
 }
 
 /// The seed's QPS range (3 to 60), in the steps the full run takes.
@@ -156,6 +161,7 @@ impl Args {
             full_model: !self.no_full_model && !quick,
             plots: !self.no_plots,
             require_hit_vs_oracle: self.require_hit_vs_oracle,
+            indexer_args: self.indexer_arg.clone(),
         }
     }
 }

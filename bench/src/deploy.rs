@@ -86,7 +86,8 @@ pub fn start(plan: &Plan, policy: LivePolicy) -> anyhow::Result<Deployment> {
         .concurrency(plan.envoy_concurrency)
         .sim_engines(sim);
     let builder = match policy.deployment() {
-        Kind::Kvroute(extra) => {
+        Kind::Kvroute(mut extra) => {
+            extra.extend(plan.indexer_args.iter().cloned());
             let flags = scaled_indexer_flags(plan);
             let base = kvroute_serve(&[]);
             let args = Box::new(move |p: &IndexerPorts| {

@@ -91,8 +91,14 @@ pub fn run_policy(
         wall_s = started.elapsed().as_secs_f64(),
         "done"
     );
+    let variant = match policy.deployment() {
+        crate::policy::Deployment::Kvroute(_) if !plan.indexer_args.is_empty() => {
+            format!("{} ({})", policy.name(), plan.indexer_args.join(" "))
+        }
+        _ => policy.name().to_string(),
+    };
     Ok(PolicyRun {
-        policy: policy.name().to_string(),
+        policy: variant,
         slug: policy.slug().to_string(),
         steps,
         overall,
