@@ -10,7 +10,8 @@
 //! ```
 //!
 //! It does no I/O: tokenizer files are passed in as bytes, so the same code runs inside
-//! Envoy's wasm VM and natively.
+//! Envoy's wasm VM and natively. The one exception, for native callers, is reading a
+//! tokenizer folder (`tokenizer_dir`, feature `fs`, off by default).
 
 pub mod error;
 pub mod extra_keys;
@@ -22,9 +23,13 @@ pub mod request;
 pub mod segment_cache;
 pub mod template;
 pub mod tokenize;
+#[cfg(feature = "fs")]
+pub mod tokenizer_dir;
 
 pub use error::{Error, Result};
 pub use extra_keys::{ExtraKeysStyle, RequestExtras};
 pub use hasher::{BlockDigest, BlockHasher, HashConfig, HashScheme};
 pub use keys::{PromptEncoder, RequestKeys};
 pub use request::{Endpoint, Request};
+#[cfg(feature = "fs")]
+pub use tokenizer_dir::{TokenizerDirError, TokenizerFiles};

@@ -5,10 +5,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use kvroute_blockhash::{
     BlockHasher, ExtraKeysStyle, HashConfig, HashScheme, PromptEncoder, Request, RequestExtras,
-    RequestKeys,
+    RequestKeys, TokenizerFiles,
 };
 
 #[derive(clap::Args)]
@@ -83,17 +82,8 @@ pub fn run(args: KeysArgs) -> ExitCode {
 }
 
 fn load_encoder(dir: &Path) -> anyhow::Result<PromptEncoder> {
-    let read = |name: &str| {
-        std::fs::read(dir.join(name))
-            .with_context(|| format!("reading {}", dir.join(name).display()))
-    };
-    let template = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
-    Ok(PromptEncoder::with_cache_bytes(
-        &read("tokenizer.json")?,
-        &read("tokenizer_config.json")?,
-        template.as_deref(),
-        0,
-    )?)
+    // No segment cache: one request per run.
+    Ok(TokenizerFiles::read(dir)?.encoder_with_cache_bytes(0)?)
 }
 
 fn keys(

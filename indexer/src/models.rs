@@ -6,13 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use kvroute_blockhash::tokenizer_dir::{self, TokenizerFiles};
 use kvroute_blockhash::PromptEncoder;
 
 /// Files the filter may fetch, by name.
 pub const SERVED_FILES: [&str; 3] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
+    tokenizer_dir::TOKENIZER_JSON,
+    tokenizer_dir::TOKENIZER_CONFIG_JSON,
+    tokenizer_dir::CHAT_TEMPLATE_JINJA,
 ];
 
 pub struct Model {
@@ -43,25 +44,25 @@ impl Models {
     }
 
     fn load_one(name: &str, dir: &Path) -> anyhow::Result<Model> {
-        let mut files = BTreeMap::new();
-        for file in SERVED_FILES {
-            match std::fs::read(dir.join(file)) {
-                Ok(bytes) => {
-                    files.insert(file.to_owned(), Arc::from(bytes));
-                }
-                Err(_) if file == "chat_template.jinja" => {}
-                Err(e) => return Err(e).with_context(|| format!("{}", dir.join(file).display())),
-            }
+        let tokenizer = TokenizerFiles::read(dir)?;
+        let encoder = tokenizer
+            .encoder()
+            .with_context(|| format!("model {name}"))?;
+        let mut files: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
+        files.insert(
+            tokenizer_dir::TOKENIZER_JSON.to_owned(),
+            Arc::from(tokenizer.tokenizer_json),
+        );
+        files.insert(
+            tokenizer_dir::TOKENIZER_CONFIG_JSON.to_owned(),
+            Arc::from(tokenizer.tokenizer_config_json),
+        );
+        if let Some(template) = tokenizer.chat_template {
+            files.insert(
+                tokenizer_dir::CHAT_TEMPLATE_JINJA.to_owned(),
+                Arc::from(template.into_bytes()),
+            );
         }
-        let template = files
-            .get("chat_template.jinja")
-            .map(|b| String::from_utf8_lossy(b).into_owned());
-        let encoder = PromptEncoder::from_files(
-            &files["tokenizer.json"],
-            &files["tokenizer_config.json"],
-            template.as_deref(),
-        )
-        .with_context(|| format!("model {name}"))?;
         Ok(Model {
             name: name.to_owned(),
             files,

@@ -24,11 +24,7 @@ pub struct KvModel {
 
 impl KvModel {
     pub fn load(name: &str, dir: &std::path::Path, hash: HashConfig) -> anyhow::Result<Self> {
-        let encoder = PromptEncoder::from_files(
-            &std::fs::read(dir.join("tokenizer.json"))?,
-            &std::fs::read(dir.join("tokenizer_config.json"))?,
-            None,
-        )?;
+        let encoder = PromptEncoder::from_dir(dir)?;
         Ok(Self {
             name: name.to_string(),
             encoder,

@@ -46,6 +46,8 @@ pub enum ServerError {
     },
     #[error("ZeroMQ: {0}")]
     Zmq(String),
+    #[error(transparent)]
+    Tokenizer(#[from] kvroute_blockhash::TokenizerDirError),
 }
 
 /// Runs the engine until `shutdown` resolves. The model is loaded and every socket bound

@@ -41,28 +41,7 @@ impl ServedModel {
         hash: HashConfig,
         style: ExtraKeysStyle,
     ) -> Result<Self, ServerError> {
-        let read = |file: &str| {
-            std::fs::read(dir.join(file)).map_err(|source| ServerError::Io {
-                what: dir.join(file).display().to_string(),
-                source,
-            })
-        };
-        let template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(ServerError::Io {
-                    what: dir.join("chat_template.jinja").display().to_string(),
-                    source,
-                })
-            }
-        };
-        let encoder = PromptEncoder::from_files(
-            &read("tokenizer.json")?,
-            &read("tokenizer_config.json")?,
-            template.as_deref(),
-        )
-        .map_err(|e| ServerError::Config(format!("tokenizer in {}: {e}", dir.display())))?;
+        let encoder = PromptEncoder::from_dir(dir)?;
         Ok(Self {
             name: name.to_string(),
             encoder,
