@@ -68,6 +68,9 @@ pub struct Args {
     /// `--indexer-arg=--running-cost --indexer-arg=4`); the report names the variant.
     #[arg(long, allow_hyphen_values = true)]
     pub indexer_arg: Vec<String>,
+    /// Redraw the PNGs and results.md of an earlier run from its results.json (beside it).
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub replot: Option<PathBuf>,
     /// Only the fleet model (virtual time): no Envoy, no engines.
     #[arg(long)]
     pub no_live: bool,

@@ -36,6 +36,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let started = Instant::now();
     let args = config::Args::parse();
+    if let Some(json) = &args.replot {
+        let results: Results = serde_json::from_slice(&std::fs::read(json)?)?;
+        let dir = json.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::write(dir.join("results.md"), results.markdown())?;
+        let paths = plot::draw_all(&results, dir)?;
+        tracing::info!(?paths, "redrawn");
+        return Ok(());
+    }
     let plan = args.plan(&kvroute_tests::paths::repo_root());
     tracing::info!(mode = plan.mode, out = %plan.out.display(), "kvroute-bench");
 

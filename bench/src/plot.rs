@@ -185,7 +185,7 @@ fn hit_bars(results: &Results, path: &Path) -> Result<(), BenchError> {
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..n as f64, 0.0..1.05)
+        .build_cartesian_2d(0.0..n as f64, 0.0..1.1)
         .map_err(|e| plot_err(path, e))?;
     chart
         .configure_mesh()
@@ -214,8 +214,8 @@ fn hit_bars(results: &Results, path: &Path) -> Result<(), BenchError> {
         chart
             .draw_series(std::iter::once(Text::new(
                 name.clone(),
-                (x + 0.12, 0.03),
-                ("sans-serif", 14).into_font().color(&WHITE),
+                (x + 0.05, (v + 0.09).min(1.04)),
+                ("sans-serif", 13),
             )))
             .map_err(|e| plot_err(path, e))?;
     }

@@ -10,7 +10,7 @@ use crate::schedule::Step;
 use crate::stats::Summary;
 use crate::workload::WorkloadSpec;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PolicyRun {
     pub policy: String,
     pub slug: String,
@@ -21,13 +21,13 @@ pub struct PolicyRun {
     pub routing: Vec<(String, f64)>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VirtualRow {
     pub policy: String,
     pub summary: Summary,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Results {
     pub mode: String,
     pub workload: WorkloadSpec,
@@ -231,6 +231,15 @@ impl Results {
                     s.mean_waiting,
                     s.hit_ratio * 100.0
                 );
+            }
+        }
+        if self.live.iter().any(|p| !p.routing.is_empty()) {
+            md.push_str("\n### Routing counters after each kvroute run (filter and indexer)\n\n");
+            md.push_str("| policy | counter | value |\n|---|---|---:|\n");
+            for p in &self.live {
+                for (name, value) in &p.routing {
+                    let _ = writeln!(md, "| {} | `{}` | {} |", p.policy, name, value);
+                }
             }
         }
         md.push_str("\n### Fleet model (virtual time), the live run's exact schedule\n\n");

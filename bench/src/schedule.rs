@@ -6,7 +6,7 @@
 use kvroute_engine_sim::fleet::Rng;
 
 /// One QPS level held for `seconds` of engine (virtual) time.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     pub qps: f64,
     pub seconds: f64,

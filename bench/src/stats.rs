@@ -26,7 +26,7 @@ pub struct WaitSample {
     pub mean_waiting: f64,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub qps: Option<f64>,
     pub requests: usize,

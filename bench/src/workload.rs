@@ -14,7 +14,7 @@ use kvroute_engine_sim as engine_sim;
 use crate::error::BenchError;
 
 /// Sizes of the workload (the seed: 150 groups x 5 users, 6,000 + 1,200 tokens, 1,000 out).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadSpec {
     pub model: String,
     pub groups: usize,
