@@ -9,6 +9,8 @@ pub enum BenchError {
     Io(PathBuf, #[source] std::io::Error),
     #[error("tokenizing or hashing the workload: {0}")]
     Blockhash(#[from] kvroute_blockhash::Error),
+    #[error(transparent)]
+    Tokenizer(#[from] kvroute_blockhash::TokenizerDirError),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("HTTP: {0}")]

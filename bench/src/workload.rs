@@ -374,18 +374,10 @@ impl Workload {
     }
 }
 
-/// Loads the model's tokenizer folder (tokenizer.json, tokenizer_config.json, optional
-/// chat_template.jinja) as the indexer and filter do.
+/// Loads the model's tokenizer folder as the indexer and the engines do, without the
+/// segment cache: each prompt is tokenized once, to build the workload.
 pub fn load_encoder(dir: &std::path::Path) -> Result<PromptEncoder, BenchError> {
-    let read =
-        |name: &str| std::fs::read(dir.join(name)).map_err(|e| BenchError::Io(dir.join(name), e));
-    let template = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
-    Ok(PromptEncoder::with_cache_bytes(
-        &read("tokenizer.json")?,
-        &read("tokenizer_config.json")?,
-        template.as_deref(),
-        0,
-    )?)
+    Ok(kvroute_blockhash::TokenizerFiles::read(dir)?.encoder_with_cache_bytes(0)?)
 }
 
 #[cfg(test)]
