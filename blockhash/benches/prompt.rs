@@ -141,14 +141,19 @@ fn bench_prompt(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     group.sample_size(30);
 
-    // Cold: every iteration's context is new to the cache (a fresh number at its start), so
-    // the whole prompt is rendered, tokenized and hashed, and its segments inserted.
+    // Cold: every iteration's context and question are new to the cache (a fresh number at
+    // the start of each), so the whole prompt is rendered, tokenized and hashed, and its
+    // segments inserted.
     let nonce = AtomicU64::new(1_000);
+    let question = prose(2, QUESTION_TOKENS);
     group.bench_function("cold", |b| {
         b.iter_batched(
             || {
                 let n = nonce.fetch_add(1, Ordering::Relaxed);
-                chat(&format!("Record {n}.{context}"), &prose(2, QUESTION_TOKENS))
+                chat(
+                    &format!("Record {n}.{context}"),
+                    &format!("Question {n}. {question}"),
+                )
             },
             |req| RequestKeys::compute(&encoder, &hasher, black_box(&req), &extras),
             BatchSize::LargeInput,
