@@ -65,17 +65,7 @@ fn frames(generation: WireGeneration) -> Vec<[Vec<u8>; 3]> {
 fn ingest(seed: &str) -> (Ingest, Arc<BlockIndex>) {
     let index = Arc::new(BlockIndex::new(1 << 20));
     let ingest = Ingest::new(
-        IngestConfig {
-            zmq_bind: None,
-            engines: vec!["10.0.0.1".into()],
-            engine_dns: None,
-            dns_interval_secs: 10,
-            zmq_port: 5557,
-            engine_port: 8000,
-            replay_port: None,
-            topic_pattern: "kv@{host}@{model}".into(),
-            silence_timeout_secs: 60,
-        },
+        IngestConfig::with_engines(["10.0.0.1"]),
         index.clone(),
         Arc::new(PodRegistry::new(None)),
         Arc::new(Metrics::new()),

@@ -56,6 +56,19 @@ pub struct IngestConfig {
     pub silence_timeout_secs: u64,
 }
 
+impl IngestConfig {
+    /// The command line's defaults with these engines, so that code embedding the ingestion
+    /// (tests, benches) does not restate the defaults the `#[arg]` attributes hold.
+    pub fn with_engines<S: Into<String>>(engines: impl IntoIterator<Item = S>) -> Self {
+        let command = <Self as clap::Args>::augment_args(clap::Command::new("ingest"));
+        let mut config =
+            <Self as clap::FromArgMatches>::from_arg_matches(&command.get_matches_from(["ingest"]))
+                .expect("IngestConfig's defaults parse");
+        config.engines = engines.into_iter().map(Into::into).collect();
+        config
+    }
+}
+
 /// One engine as configured: where its events come from, where its requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSpec {

@@ -18,17 +18,7 @@ fn repo() -> PathBuf {
 }
 
 fn config(engines: &[&str]) -> IngestConfig {
-    IngestConfig {
-        zmq_bind: None,
-        engines: engines.iter().map(|s| s.to_string()).collect(),
-        engine_dns: None,
-        dns_interval_secs: 10,
-        zmq_port: 5557,
-        engine_port: 8000,
-        replay_port: None,
-        topic_pattern: "kv@{host}@{model}".into(),
-        silence_timeout_secs: 60,
-    }
+    IngestConfig::with_engines(engines.iter().copied())
 }
 
 struct Setup {

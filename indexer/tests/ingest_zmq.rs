@@ -69,14 +69,7 @@ fn free_port() -> u16 {
 fn config(zmq_bind: Option<String>, engines: Vec<String>) -> IngestConfig {
     IngestConfig {
         zmq_bind,
-        engines,
-        engine_dns: None,
-        dns_interval_secs: 10,
-        zmq_port: 5557,
-        engine_port: 8000,
-        replay_port: None,
-        topic_pattern: "kv@{host}@{model}".into(),
-        silence_timeout_secs: 60,
+        ..IngestConfig::with_engines(engines)
     }
 }
 
