@@ -28,12 +28,7 @@ use kvroute_engine_sim::fleet::{FleetConfig, Policy};
 use crate::report::{Results, VirtualRow};
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kvroute_runtime::init_logging();
     let started = Instant::now();
     let args = config::Args::parse();
     if let Some(json) = &args.replot {

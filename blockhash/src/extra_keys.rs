@@ -24,6 +24,22 @@ pub enum ExtraKeysStyle {
     Bare,
 }
 
+impl ExtraKeysStyle {
+    /// The name the command lines use (`--extra-keys`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExtraKeysStyle::Tagged => "tagged",
+            ExtraKeysStyle::Bare => "bare",
+        }
+    }
+}
+
+impl std::fmt::Display for ExtraKeysStyle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for ExtraKeysStyle {
     type Err = crate::Error;
 

@@ -198,7 +198,7 @@ async fn captured_frames_over_zeromq_route_to_the_engine_that_holds_them() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("kvroute_route_decisions_total{reason=\"cachehit\"} 1"),
+        metrics.contains("kvroute_route_decisions_total{reason=\"cache_hit\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("kvroute_kv_events_total{type=\"block_stored\"}"));

@@ -71,7 +71,8 @@ fn ingest(seed: &str) -> (Ingest, Arc<BlockIndex>) {
         Arc::new(Metrics::new()),
         hash_config(seed),
         ExtraKeysStyle::Tagged,
-    );
+    )
+    .expect("valid ingestion config");
     (ingest, index)
 }
 

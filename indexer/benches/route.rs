@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kvroute_indexer::index::{BlockIndex, IndexOp, Medium, PodIndex};
-use kvroute_indexer::pods::PodId;
+use kvroute_indexer::ingest::IngestConfig;
+use kvroute_indexer::serve::{self, ServeConfig};
+use kvroute_indexer::types::PodId;
 
 struct Counting;
 
@@ -135,27 +137,16 @@ fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
         .build()
         .expect("runtime");
     let addr = server.block_on(async {
-        let config =
-            <kvroute_indexer::serve::ServeConfig as clap::FromArgMatches>::from_arg_matches(
-                &<kvroute_indexer::serve::ServeConfig as clap::Args>::augment_args(
-                    clap::Command::new("b"),
-                )
-                .get_matches_from([
-                    "b".to_string(),
-                    "--engine".into(),
-                    "10.0.0.1".into(),
-                    "--engine".into(),
-                    "10.0.0.2".into(),
-                    "--model".into(),
-                    format!(
-                        "m={}/../testdata/tokenizers/qwen3",
-                        env!("CARGO_MANIFEST_DIR")
-                    ),
-                ]),
-            )
-            .expect("config");
-        let (state, _ingest) = kvroute_indexer::serve::build(&config).expect("build");
-        let index = state.router.index.clone();
+        let config = ServeConfig {
+            models: vec![format!(
+                "m={}/../testdata/tokenizers/qwen3",
+                env!("CARGO_MANIFEST_DIR")
+            )],
+            ingest: IngestConfig::with_engines(["10.0.0.1", "10.0.0.2"]),
+            ..ServeConfig::default()
+        };
+        let daemon = serve::build(&config).expect("build");
+        let index = daemon.state.router.index.clone();
         for (i, chain) in chains.iter().take(1000).enumerate() {
             index.apply(
                 &pod(1 + i % 2),
@@ -169,9 +160,8 @@ fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, kvroute_indexer::http::app(state)).await;
-        });
+        // The daemon's own entry, as `kvroute serve` runs it; it lives as long as the bench.
+        tokio::spawn(daemon.run(listener, std::future::pending()));
         addr
     });
     let client_runtime = tokio::runtime::Builder::new_current_thread()

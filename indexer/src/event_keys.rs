@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use kvroute_blockhash::{BlockDigest, BlockHasher, ExtraKeysStyle, HashConfig, RequestExtras};
 use kvroute_kvevents::{BlockStored, EngineHash};
 
-use crate::pods::KeyMode;
+use crate::types::KeyMode;
 
 /// What a `BlockStored` became.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -11,10 +11,10 @@
 //! blocking lookups; each shard forgets its oldest keys first when over its share of the
 //! bound.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
 
-use crate::pods::PodId;
+use crate::types::PodId;
 
 /// Where a cached block lives on its pod.
 pub use kvroute_kvevents::Medium;
@@ -47,14 +47,18 @@ pub struct PodMatch {
     pub any_tier_blocks: usize,
 }
 
-/// The index behind a trait so scoring and HTTP do not depend on its layout.
+/// The one seam between the index and its users: ingestion writes through it, the router
+/// and the HTTP status pages read through it, so neither depends on the index's layout.
 pub trait PodIndex: Send + Sync {
     fn apply(&self, pod: &PodId, op: IndexOp);
     /// Every pod holding at least the first key, with its longest run from the start.
     fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch>;
     /// Forget a pod entirely (it vanished from discovery or was dropped as dead).
     fn drop_pod(&self, pod: &PodId);
+    /// Keys held (by any pod).
     fn entries(&self) -> usize;
+    /// Blocks held per pod, by medium (GPU, lower tiers), for `/v1/pods`.
+    fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)>;
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,15 +137,15 @@ impl BlockIndex {
     }
 
     fn slot_of(&self, pod: &PodId) -> Option<usize> {
-        read(&self.slots).by_pod.get(pod).copied()
+        self.slots.read().by_pod.get(pod).copied()
     }
 
     fn slot_or_assign(&self, pod: &PodId) -> Option<usize> {
         if let Some(slot) = self.slot_of(pod) {
             return Some(slot);
         }
-        let _guard = self.slot_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut slots = write(&self.slots);
+        let _guard = self.slot_lock.lock();
+        let mut slots = self.slots.write();
         if let Some(slot) = slots.by_pod.get(pod) {
             return Some(*slot);
         }
@@ -171,7 +175,7 @@ impl BlockIndex {
             by_shard[(key as usize) % SHARDS].push(key);
         }
         for (i, keys) in by_shard.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
-            let mut shard = write(&self.shards[i]);
+            let mut shard = self.shards[i].write();
             let shard = &mut *shard;
             for &key in keys {
                 let holders = match shard.map.get_mut(&key) {
@@ -214,7 +218,7 @@ impl BlockIndex {
     fn remove(&self, slot: usize, keys: &[u64], medium: Option<Medium>) {
         let bit = !(1u64 << slot);
         for &key in keys {
-            let mut shard = write(self.shard(key));
+            let mut shard = self.shard(key).write();
             if let Some(h) = shard.map.get_mut(&key) {
                 match medium {
                     Some(Medium::Gpu) => h.gpu &= bit,
@@ -234,38 +238,13 @@ impl BlockIndex {
     fn clear_slot(&self, slot: usize) {
         let bit = !(1u64 << slot);
         for shard in &self.shards {
-            let mut shard = write(shard);
+            let mut shard = shard.write();
             shard.map.retain(|_, h| {
                 h.gpu &= bit;
                 h.lower &= bit;
                 h.any() != 0
             });
         }
-    }
-
-    /// Blocks held per pod, by medium (GPU, lower tiers), for `/v1/pods`.
-    pub fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)> {
-        let slots = read(&self.slots);
-        let mut counts = vec![(0usize, 0usize); slots.pods.len()];
-        for shard in &self.shards {
-            for h in read(shard).map.values() {
-                for (slot, c) in counts.iter_mut().enumerate() {
-                    let bit = 1u64 << slot;
-                    if h.gpu & bit != 0 {
-                        c.0 += 1;
-                    }
-                    if h.lower & bit != 0 {
-                        c.1 += 1;
-                    }
-                }
-            }
-        }
-        slots
-            .pods
-            .iter()
-            .zip(counts)
-            .filter_map(|(p, c)| p.clone().map(|p| (p, c)))
-            .collect()
     }
 
     /// Engines that could not be tracked because [`MAX_PODS`] were already.
@@ -302,7 +281,9 @@ impl PodIndex for BlockIndex {
         let mut gpu_run = [0usize; MAX_PODS];
         let mut any_run = [0usize; MAX_PODS];
         for (i, &key) in keys.iter().enumerate() {
-            let h = read(self.shard(key))
+            let h = self
+                .shard(key)
+                .read()
                 .map
                 .get(&key)
                 .copied()
@@ -318,7 +299,7 @@ impl PodIndex for BlockIndex {
         }
         record_ends(alive_any, keys.len(), &mut any_run);
         record_ends(alive_gpu, keys.len(), &mut gpu_run);
-        let slots = read(&self.slots);
+        let slots = self.slots.read();
         slots
             .pods
             .iter()
@@ -335,16 +316,40 @@ impl PodIndex for BlockIndex {
     }
 
     fn drop_pod(&self, pod: &PodId) {
-        let _guard = self.slot_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = write(&self.slots).by_pod.remove(pod);
+        let _guard = self.slot_lock.lock();
+        let slot = self.slots.write().by_pod.remove(pod);
         if let Some(slot) = slot {
             self.clear_slot(slot);
-            write(&self.slots).pods[slot] = None;
+            self.slots.write().pods[slot] = None;
         }
     }
 
+    fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)> {
+        let slots = self.slots.read();
+        let mut counts = vec![(0usize, 0usize); slots.pods.len()];
+        for shard in &self.shards {
+            for h in shard.read().map.values() {
+                for (slot, c) in counts.iter_mut().enumerate() {
+                    let bit = 1u64 << slot;
+                    if h.gpu & bit != 0 {
+                        c.0 += 1;
+                    }
+                    if h.lower & bit != 0 {
+                        c.1 += 1;
+                    }
+                }
+            }
+        }
+        slots
+            .pods
+            .iter()
+            .zip(counts)
+            .filter_map(|(p, c)| p.clone().map(|p| (p, c)))
+            .collect()
+    }
+
     fn entries(&self) -> usize {
-        self.shards.iter().map(|s| read(s).map.len()).sum()
+        self.shards.iter().map(|s| s.read().map.len()).sum()
     }
 }
 
@@ -357,16 +362,6 @@ fn record_ends(mut ended: u64, at: usize, runs: &mut [usize; MAX_PODS]) {
             runs[slot] = at;
         }
     }
-}
-
-// A panic elsewhere cannot leave a shard half-updated in a way lookups would misread
-// (every update is a single map operation), so poisoned locks are still used.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -6,10 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pods::{PodId, PodRegistry};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::pods::PodRegistry;
+use crate::types::PodId;
 
 /// In-flight decisions, by ticket.
 #[derive(Debug)]
@@ -28,8 +31,8 @@ impl InFlight {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (PodId, Instant)>> {
-        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (PodId, Instant)>> {
+        self.tickets.lock()
     }
 
     /// A decision was sent to `pod`: count it and return its ticket.

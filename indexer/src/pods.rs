@@ -7,41 +7,11 @@
 //! sequence number, when it last spoke, and its load.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::scoring::PodLoad;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// One engine (one data-parallel rank of one vLLM pod).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodId {
-    /// Where requests for this pod go: the engine's OpenAI server, `ip:port`.
-    pub endpoint: Arc<str>,
-    pub dp_rank: u32,
-}
-
-impl fmt::Display for PodId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.dp_rank == 0 {
-            write!(f, "{}", self.endpoint)
-        } else {
-            write!(f, "{}#dp{}", self.endpoint, self.dp_rank)
-        }
-    }
-}
-
-/// How an engine's published hashes become index keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyMode {
-    /// Not decided yet: no event could be checked against the shared crate.
-    Probing,
-    /// The engine's values are the index keys (same hash scheme and seed as ours).
-    Native,
-    /// Keys recomputed from each event's tokens (other scheme or seed, e.g. `sha256`).
-    Rekey,
-}
+use crate::types::{KeyMode, PodId, PodLoad};
 
 /// What `/v1/pods` reports for one engine.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -103,12 +73,12 @@ impl PodRegistry {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PodId, PodState>> {
-        self.pods.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<PodId, PodState>> {
+        self.pods.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<PodId, PodState>> {
-        self.pods.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<PodId, PodState>> {
+        self.pods.write()
     }
 
     /// Add an engine (static list, discovery, or a new DP rank of a known endpoint).

@@ -8,11 +8,12 @@
 //! TTL: the route taken is the only knowledge there is.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use crate::index::PodMatch;
-use crate::pods::PodId;
+use crate::types::PodId;
 
 #[derive(Debug)]
 struct Holding {
@@ -48,7 +49,7 @@ impl RouteMemory {
         }
         let now = Instant::now();
         let until = now + self.ttl;
-        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.keys.lock();
         if map.len() + keys.len() > self.max_keys {
             map.retain(|_, hs| {
                 hs.retain(|h| h.until > now);
@@ -73,7 +74,7 @@ impl RouteMemory {
     /// Longest run of `keys` from the first that each pod was recently sent.
     pub fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
         let now = Instant::now();
-        let map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.keys.lock();
         let mut runs: Vec<PodMatch> = Vec::new();
         let Some(first) = keys.first().and_then(|k| map.get(k)) else {
             return runs;
@@ -97,7 +98,7 @@ impl RouteMemory {
 
     /// Forget a pod (dropped from the fleet).
     pub fn forget_pod(&self, pod: &PodId) {
-        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.keys.lock();
         map.retain(|_, hs| {
             hs.retain(|h| &h.pod != pod);
             !hs.is_empty()

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::index::{BlockIndex, PodIndex};
+use crate::index::PodIndex;
 use crate::load::InFlight;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pods::PodRegistry;
@@ -43,7 +43,7 @@ pub enum RouteError {
 }
 
 pub struct Router {
-    pub index: Arc<BlockIndex>,
+    pub index: Arc<dyn PodIndex>,
     pub registry: Arc<PodRegistry>,
     pub memory: RouteMemory,
     pub in_flight: Arc<InFlight>,
@@ -89,7 +89,7 @@ impl Router {
         self.metrics
             .route_decisions
             .get_or_create(&ReasonLabel {
-                reason: format!("{:?}", decision.reason).to_lowercase(),
+                reason: decision.reason.as_str().into(),
             })
             .inc();
         self.metrics

@@ -9,60 +9,48 @@
 //! wins and ties break by the request's first key, so different new prefixes spread out
 //! while the same one keeps landing on the same pod. Never random.
 
+use crate::defaults;
 use crate::index::PodMatch;
-use crate::pods::PodId;
-
-/// Load of one pod as the indexer sees it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct PodLoad {
-    /// Decisions sent to this pod and not yet reported complete (nor timed out).
-    pub in_flight: u32,
-    /// vLLM's `vllm:num_requests_waiting` (last scrape).
-    pub waiting: f64,
-    /// vLLM's `vllm:num_requests_running` (last scrape).
-    pub running: f64,
-    /// vLLM's `vllm:kv_cache_usage_perc` (0..1, last scrape).
-    pub kv_usage: f64,
-}
+use crate::types::{PodId, PodLoad};
 
 /// Weights of the decision; defaults are argued in docs/indexer.md.
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ScoringWeights {
     /// Worth of a block held on CPU/storage relative to the GPU (0..1).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults::LOWER_TIER_WEIGHT)]
     pub lower_tier_weight: f64,
     /// Tokens of delay one queued request adds.
-    #[arg(long, default_value_t = 2048.0)]
+    #[arg(long, default_value_t = defaults::WAITING_COST)]
     pub waiting_cost: f64,
     /// Tokens of delay one running request adds (it shares each step's budget).
-    #[arg(long, default_value_t = 128.0)]
+    #[arg(long, default_value_t = defaults::RUNNING_COST)]
     pub running_cost: f64,
     /// Tokens of delay one in-flight decision adds (not yet visible in the pod's metrics).
-    #[arg(long, default_value_t = 1024.0)]
+    #[arg(long, default_value_t = defaults::IN_FLIGHT_COST)]
     pub in_flight_cost: f64,
     /// Tokens of cost at a full KV cache (the pod will evict or preempt).
-    #[arg(long, default_value_t = 4096.0)]
+    #[arg(long, default_value_t = defaults::KV_USAGE_COST)]
     pub kv_usage_cost: f64,
     /// Queued requests past which the best cached pod is abandoned for the least loaded.
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = defaults::SPILL_WAITING)]
     pub spill_waiting: f64,
     /// Worth of a cached prefix token against a token of load. 0 routes on load alone
     /// (least loaded, ties to the first pod, no key-based spread): the benchmark's
     /// load-only baseline, which must not get cache affinity through the back door.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::CACHE_WEIGHT)]
     pub cache_weight: f64,
 }
 
 impl Default for ScoringWeights {
     fn default() -> Self {
         Self {
-            lower_tier_weight: 0.5,
-            waiting_cost: 2048.0,
-            running_cost: 128.0,
-            in_flight_cost: 1024.0,
-            kv_usage_cost: 4096.0,
-            spill_waiting: 16.0,
-            cache_weight: 1.0,
+            lower_tier_weight: defaults::LOWER_TIER_WEIGHT,
+            waiting_cost: defaults::WAITING_COST,
+            running_cost: defaults::RUNNING_COST,
+            in_flight_cost: defaults::IN_FLIGHT_COST,
+            kv_usage_cost: defaults::KV_USAGE_COST,
+            spill_waiting: defaults::SPILL_WAITING,
+            cache_weight: defaults::CACHE_WEIGHT,
         }
     }
 }
@@ -78,9 +66,9 @@ pub struct Candidate {
     pub load: PodLoad,
 }
 
-/// Why a pod was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Why a pod was chosen. Spelled by [`Reason::as_str`] alone, in the JSON answer and in
+/// the `reason` label of `kvroute_route_decisions_total` alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// Most prefill saved net of load.
     CacheHit,
@@ -88,6 +76,22 @@ pub enum Reason {
     Spill,
     /// Nothing cached anywhere: least loaded.
     LeastLoaded,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::CacheHit => "cache_hit",
+            Reason::Spill => "spill",
+            Reason::LeastLoaded => "least_loaded",
+        }
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,16 +1,23 @@
-//! `kvroute serve`: configuration in, running daemon out, until SIGTERM or ctrl-c.
+//! The daemon's entry, as tokio's mini-redis has it: configuration in, then
+//! `serve(config, listener, shutdown)` runs the HTTP API and ingestion on a socket the
+//! caller bound until a future the caller owns completes. Signals are the binary's business
+//! (`kvroute serve`); tests and benches run this same entry with their own listener and
+//! shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use kvroute_blockhash::{ExtraKeysStyle, HashConfig, HashScheme};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::defaults;
 use crate::http::{app, AppState, LoraAdapter};
-use crate::index::BlockIndex;
+use crate::index::{BlockIndex, PodIndex};
 use crate::ingest::{Ingest, IngestConfig};
 use crate::load::{scrape_loop, InFlight};
 use crate::metrics::Metrics;
@@ -20,10 +27,10 @@ use crate::route_memory::RouteMemory;
 use crate::router::{RouteMode, Router};
 use crate::scoring::ScoringWeights;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ServeConfig {
     /// HTTP API address.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
     /// A served model and its tokenizer folder, NAME=DIR (repeatable).
     #[arg(long = "model", value_name = "NAME=DIR")]
@@ -33,39 +40,63 @@ pub struct ServeConfig {
     #[arg(long = "lora", value_name = "ADAPTER=BASE[=PATH]")]
     pub loras: Vec<String>,
     /// The engines' --prefix-caching-hash-algo.
-    #[arg(long, default_value = "sha256_cbor")]
+    #[arg(long, default_value_t = defaults::HASH_ALGO)]
     pub hash_algo: HashScheme,
     /// The engines' PYTHONHASHSEED (default: vLLM's "vllm-none-hash").
     #[arg(long)]
     pub hash_seed: Option<String>,
     /// Block size until the engines' events tell it.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::BLOCK_SIZE)]
     pub block_size: usize,
     /// Extra keys as today's vLLM tags them, or bare as older versions did.
-    #[arg(long, default_value = "tagged")]
+    #[arg(long, default_value_t = defaults::EXTRA_KEYS)]
     pub extra_keys: ExtraKeysStyle,
     /// precise (KV events) or estimate (no events: remember routes).
-    #[arg(long, value_enum, default_value_t = RouteMode::Precise)]
+    #[arg(long, value_enum, default_value_t = defaults::MODE)]
     pub mode: RouteMode,
     /// Most keys the index holds; the oldest go first.
-    #[arg(long, default_value_t = 4_000_000)]
+    #[arg(long, default_value_t = defaults::MAX_ENTRIES)]
     pub max_entries: usize,
     /// How long a decision counts as the pod holding its keys (precise mode).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = defaults::PROVISIONAL_TTL_MS)]
     pub provisional_ttl_ms: u64,
     /// How long a route is remembered in estimate mode.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = defaults::ESTIMATE_TTL_SECS)]
     pub estimate_ttl_secs: u64,
     /// An in-flight decision is released after this long without a completion report.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = defaults::IN_FLIGHT_TTL_SECS)]
     pub in_flight_ttl_secs: u64,
     /// How often each engine's /metrics is scraped.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::SCRAPE_INTERVAL_MS)]
     pub scrape_interval_ms: u64,
     #[command(flatten)]
     pub ingest: IngestConfig,
     #[command(flatten)]
     pub weights: ScoringWeights,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::LISTEN
+                .parse()
+                .expect("defaults::LISTEN is an address"),
+            models: Vec::new(),
+            loras: Vec::new(),
+            hash_algo: defaults::HASH_ALGO,
+            hash_seed: None,
+            block_size: defaults::BLOCK_SIZE,
+            extra_keys: defaults::EXTRA_KEYS,
+            mode: defaults::MODE,
+            max_entries: defaults::MAX_ENTRIES,
+            provisional_ttl_ms: defaults::PROVISIONAL_TTL_MS,
+            estimate_ttl_secs: defaults::ESTIMATE_TTL_SECS,
+            in_flight_ttl_secs: defaults::IN_FLIGHT_TTL_SECS,
+            scrape_interval_ms: defaults::SCRAPE_INTERVAL_MS,
+            ingest: IngestConfig::default(),
+            weights: ScoringWeights::default(),
+        }
+    }
 }
 
 impl LoraAdapter {
@@ -89,12 +120,22 @@ impl LoraAdapter {
     }
 }
 
-/// Everything built from the configuration, before any socket is opened.
-pub fn build(config: &ServeConfig) -> anyhow::Result<(Arc<AppState>, Arc<Ingest>)> {
+/// The daemon built from its configuration, before any socket is opened: what the HTTP
+/// API serves and what ingestion feeds. Benches reach into `state` (e.g. to preload the
+/// index) before [`Daemon::run`].
+pub struct Daemon {
+    pub state: Arc<AppState>,
+    pub ingest: Arc<Ingest>,
+    scrape_interval: Duration,
+}
+
+/// Everything built from the configuration; a configuration that cannot work is refused
+/// here, before anything runs.
+pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
     let models = Models::load(&config.models)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(PodRegistry::new(models.single()));
-    let index = Arc::new(BlockIndex::new(config.max_entries));
+    let index: Arc<dyn PodIndex> = Arc::new(BlockIndex::new(config.max_entries));
     let hash = HashConfig {
         scheme: config.hash_algo,
         block_size: config.block_size,
@@ -111,7 +152,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Arc<AppState>, Arc<Ingest>
         metrics.clone(),
         hash.clone(),
         config.extra_keys,
-    ));
+    )?);
     let memory_ttl = match config.mode {
         RouteMode::Precise => Duration::from_millis(config.provisional_ttl_ms),
         RouteMode::Estimate => Duration::from_secs(config.estimate_ttl_secs),
@@ -141,56 +182,84 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Arc<AppState>, Arc<Ingest>
         extra_keys: config.extra_keys,
         lora_bases,
     });
-    Ok((state, ingest))
+    Ok(Daemon {
+        state,
+        ingest,
+        scrape_interval: Duration::from_millis(config.scrape_interval_ms.max(50)),
+    })
 }
 
-/// Run the daemon until a termination signal.
-pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let (state, ingest) = build(&config)?;
-    let (stop, shutdown) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(listen = %config.listen, models = ?state.models.names(), mode = ?config.mode, "kvroute indexer up");
-    let ingest_task = tokio::spawn(ingest.run(shutdown.clone()));
-    let scrape_task = tokio::spawn(scrape_loop(
-        state.router.registry.clone(),
-        state.router.in_flight.clone(),
-        Duration::from_millis(config.scrape_interval_ms.max(50)),
-        shutdown.clone(),
-    ));
-    let mut http_shutdown = shutdown.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = http_shutdown.changed().await;
-    });
-    let server = tokio::spawn(async move { server.await });
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop.send(true);
-    let _ = server.await;
-    let _ = ingest_task.await;
-    let _ = scrape_task.await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+impl Daemon {
+    /// Serve the HTTP API on `listener` and ingest events until `shutdown` completes, then
+    /// stop every task and return.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let addr = listener.local_addr().context("the API socket's address")?;
+        tracing::info!(listen = %addr, models = ?self.state.models.names(), mode = ?self.state.router.mode, "kvroute indexer up");
+        let ingest_task = tokio::spawn(self.ingest.run(stopped.clone()));
+        let scrape_task = tokio::spawn(scrape_loop(
+            self.state.router.registry.clone(),
+            self.state.router.in_flight.clone(),
+            self.scrape_interval,
+            stopped.clone(),
+        ));
+        let mut http_stopped = stopped.clone();
+        let mut server = tokio::spawn(
+            axum::serve(listener, app(self.state)).with_graceful_shutdown(async move {
+                let _ = http_stopped.changed().await;
+            }),
+        );
+        let result = tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutting down");
+                Ok(())
             }
-            return;
+            served = &mut server => Err(match served {
+                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                Ok(Err(e)) => anyhow::Error::from(e).context("the HTTP server failed"),
+                Err(e) => anyhow::Error::from(e).context("the HTTP server panicked"),
+            }),
+        };
+        let _ = stop.send(true);
+        if !server.is_finished() {
+            let _ = server.await;
         }
+        let _ = ingest_task.await;
+        let _ = scrape_task.await;
+        result
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The daemon: build it from `config`, serve on `listener` until `shutdown` completes.
+/// `kvroute serve` passes a bound socket and its termination signals; tests and benches
+/// their own.
+pub async fn serve(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    build(&config)?.run(listener, shutdown).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flags' defaults and `Default` both read `crate::defaults`; this proves they
+    /// read the same ones.
+    #[test]
+    fn the_command_line_defaults_are_the_default_config() {
+        let command = <ServeConfig as clap::Args>::augment_args(clap::Command::new("serve"));
+        let parsed = <ServeConfig as clap::FromArgMatches>::from_arg_matches(
+            &command.get_matches_from(["serve"]),
+        )
+        .expect("the defaults parse");
+        assert_eq!(parsed, ServeConfig::default());
+    }
 
     #[test]
     fn lora_spec_takes_an_optional_path() {

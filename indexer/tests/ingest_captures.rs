@@ -10,7 +10,8 @@ use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
 use kvroute_indexer::index::{BlockIndex, IndexOp, PodIndex};
 use kvroute_indexer::ingest::{DropReason, Ingest, IngestConfig, Outcome, Source};
 use kvroute_indexer::metrics::Metrics;
-use kvroute_indexer::pods::{KeyMode, PodId, PodRegistry};
+use kvroute_indexer::pods::PodRegistry;
+use kvroute_indexer::types::{KeyMode, PodId};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -43,7 +44,8 @@ fn setup(seed: &str) -> Setup {
             seed: Some(seed.into()),
         },
         ExtraKeysStyle::Tagged,
-    );
+    )
+    .expect("valid ingestion config");
     Setup {
         ingest,
         index,

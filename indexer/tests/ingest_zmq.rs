@@ -12,7 +12,8 @@ use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
 use kvroute_indexer::index::{BlockIndex, PodIndex};
 use kvroute_indexer::ingest::{Ingest, IngestConfig};
 use kvroute_indexer::metrics::Metrics;
-use kvroute_indexer::pods::{KeyMode, PodId, PodRegistry};
+use kvroute_indexer::pods::PodRegistry;
+use kvroute_indexer::types::{KeyMode, PodId};
 use serde_json::Value;
 use zeromq::{Socket, SocketSend, ZmqMessage};
 
@@ -85,18 +86,21 @@ fn daemon(config: IngestConfig, seed: &str) -> Daemon {
     let index = Arc::new(BlockIndex::new(1 << 16));
     let registry = Arc::new(PodRegistry::new(None));
     let metrics = Arc::new(Metrics::new());
-    let ingest = Arc::new(Ingest::new(
-        config,
-        index.clone(),
-        registry.clone(),
-        metrics.clone(),
-        HashConfig {
-            scheme: HashScheme::Sha256Cbor,
-            block_size: 16,
-            seed: Some(seed.into()),
-        },
-        ExtraKeysStyle::Tagged,
-    ));
+    let ingest = Arc::new(
+        Ingest::new(
+            config,
+            index.clone(),
+            registry.clone(),
+            metrics.clone(),
+            HashConfig {
+                scheme: HashScheme::Sha256Cbor,
+                block_size: 16,
+                seed: Some(seed.into()),
+            },
+            ExtraKeysStyle::Tagged,
+        )
+        .expect("valid ingestion config"),
+    );
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(ingest.clone().run(rx));
     Daemon {

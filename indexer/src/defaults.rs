@@ -1,0 +1,54 @@
+//! Every default of `kvroute serve`, stated once. The flags read these
+//! (`default_value_t = ...`), the configurations' `Default` impls read these, and a test
+//! (`tests/docs_defaults.rs`) checks the tables of docs/indexer.md against them, so a
+//! default changes here and nowhere else.
+
+use kvroute_blockhash::{ExtraKeysStyle, HashScheme};
+
+use crate::router::RouteMode;
+
+// --- the daemon (`ServeConfig`) -------------------------------------------------------
+
+/// HTTP API address.
+pub const LISTEN: &str = "0.0.0.0:8080";
+/// vLLM's `--prefix-caching-hash-algo` of the seed's engines.
+pub const HASH_ALGO: HashScheme = HashScheme::Sha256Cbor;
+/// vLLM's default block size on GPUs until the engines' events say otherwise.
+pub const BLOCK_SIZE: usize = 64;
+/// Extra keys as vLLM >= 0.31 tags them.
+pub const EXTRA_KEYS: ExtraKeysStyle = ExtraKeysStyle::Tagged;
+/// KV events are the knowledge; route memory only covers their blind spot.
+pub const MODE: RouteMode = RouteMode::Precise;
+/// Keys the index holds before forgetting the oldest (~60 bytes each).
+pub const MAX_ENTRIES: usize = 4_000_000;
+/// How long a decision counts as its pod holding the keys (precise mode).
+pub const PROVISIONAL_TTL_MS: u64 = 2000;
+/// How long a route is remembered in estimate mode.
+pub const ESTIMATE_TTL_SECS: u64 = 600;
+/// An in-flight decision without a completion report is released after this long.
+pub const IN_FLIGHT_TTL_SECS: u64 = 300;
+/// How often each engine's `/metrics` is scraped.
+pub const SCRAPE_INTERVAL_MS: u64 = 1000;
+
+// --- the engines' event streams (`IngestConfig`) --------------------------------------
+
+/// How often DNS discovery re-resolves.
+pub const DNS_INTERVAL_SECS: u64 = 10;
+/// ZeroMQ port of engines listed without one (vLLM's default publisher port).
+pub const ZMQ_PORT: u16 = 5557;
+/// The engines' OpenAI server port (vLLM's default).
+pub const ENGINE_PORT: u16 = 8000;
+/// The topic layout of the seed's `--kv-events-config`.
+pub const TOPIC_PATTERN: &str = "kv@{host}@{model}";
+/// An engine silent this long is health-checked, and dropped if it does not answer.
+pub const SILENCE_TIMEOUT_SECS: u64 = 60;
+
+// --- scoring (`ScoringWeights`), argued in docs/indexer.md ----------------------------
+
+pub const LOWER_TIER_WEIGHT: f64 = 0.5;
+pub const WAITING_COST: f64 = 2048.0;
+pub const RUNNING_COST: f64 = 128.0;
+pub const IN_FLIGHT_COST: f64 = 1024.0;
+pub const KV_USAGE_COST: f64 = 4096.0;
+pub const SPILL_WAITING: f64 = 16.0;
+pub const CACHE_WEIGHT: f64 = 1.0;
