@@ -21,7 +21,6 @@ use kvroute_blockhash::{BlockHasher, HashConfig, Request, RequestExtras, Request
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::index::PodIndex;
 use crate::models::Models;
 use crate::router::{RouteError, Router};
 

@@ -208,11 +208,10 @@ impl Daemon {
             stopped.clone(),
         ));
         let mut http_stopped = stopped.clone();
-        let mut server = tokio::spawn(
-            axum::serve(listener, app(self.state)).with_graceful_shutdown(async move {
-                let _ = http_stopped.changed().await;
-            }),
-        );
+        let server = axum::serve(listener, app(self.state)).with_graceful_shutdown(async move {
+            let _ = http_stopped.changed().await;
+        });
+        let mut server = tokio::spawn(async move { server.await });
         let result = tokio::select! {
             _ = shutdown => {
                 tracing::info!("shutting down");

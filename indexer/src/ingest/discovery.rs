@@ -36,7 +36,8 @@ pub async fn discovery_loop(
                 continue;
             }
         };
-        for host in found.iter().filter(|h| !known.contains_key(*h)) {
+        let new: Vec<&String> = found.iter().filter(|h| !known.contains_key(*h)).collect();
+        for host in new {
             tracing::info!(%host, "engine discovered");
             let spec = EngineSpec::new(host, zmq_port, ingest.config.engine_port);
             ingest.allow(spec.clone());
