@@ -10,14 +10,16 @@
 #   bash scripts/demo.sh --exit                  # example only (status 1 if round2 missed)
 #   bash scripts/demo.sh --time-scale 10         # simulated engines ten times faster
 #   bash scripts/demo.sh --vllm http://10.0.0.5:8000 --vllm-kv tcp://10.0.0.5:5557 \
-#                        --vllm http://10.0.0.6:8000 --vllm-kv tcp://10.0.0.6:5557   # real vLLM
-#   bash scripts/demo.sh --help                  # ports, model, tokenizer, hash seed
+#                        --vllm http://10.0.0.6:8000 --vllm-kv tcp://10.0.0.6:5557   # real vLLM binds
+#   bash scripts/demo.sh --zmq-listen 10.0.0.1:5557 --vllm http://10.0.0.5:8000  # real vLLM connects
+#   bash scripts/demo.sh --filter target/kvroute_filter.wasm   # a prebuilt filter, no rebuild
+#   bash scripts/demo.sh --help                  # listener addresses, model, tokenizer, hash seed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target
 echo "[demo] setting up (log: target/demo_setup.log)" >&2
 bash scripts/setup.sh >target/demo_setup.log 2>&1 || { tail -20 target/demo_setup.log; exit 1; }
-echo "[demo] building kvroute, kvroute-engine-sim and local-stack (the filter on start)" >&2
+echo "[demo] building kvroute, kvroute-engine-sim and local-stack (the filter on start, unless --filter)" >&2
 cargo build -q -p kvroute -p kvroute-engine-sim
 cargo build -q -p kvroute-tests --bin local-stack
 exec target/debug/local-stack "$@"

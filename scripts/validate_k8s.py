@@ -7,7 +7,8 @@ against a schema: Kubernetes built-in kinds with the pip package kubernetes-vali
 (Envoy Gateway, Gateway API, Istio) with the openAPIV3Schema of their released CRDs checked
 in under k8s/schemas/ (see SOURCES.md). Kustomizations must name files that exist; the
 engines-bind component's patches are applied to the base and the results validated too.
-Finally, the Envoy configuration each attachment produces (the gateway's listener: wasm ->
+Every filter attachment (EnvoyExtensionPolicy, WasmPlugin) must pin the module by digest
+(all of them the same image) and keep debug_headers off. Finally, the Envoy configuration each attachment produces (the gateway's listener: wasm ->
 buffer -> router, its route table and clusters, with the patches of patch-policy.yaml or
 envoyfilter.yaml applied the way Envoy Gateway / Istio apply them) is written as a bootstrap
 and checked by the real Envoy: `envoy --mode validate`.
@@ -19,6 +20,7 @@ import argparse
 import copy
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -61,6 +63,37 @@ def validate_doc(doc, where, k8s_version, errors):
         errors.append(f"{where}: no schema for {doc['apiVersion']} {doc['kind']}")
     except kubernetes_validate.ValidationError as err:
         errors.append(f"{where}: {doc['kind']} {'/'.join(map(str, err.path))}: {err.message}")
+
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_attachment(doc, where, errors, image_digests):
+    """A shipped filter attachment: pinned by digest, debug headers off (they name pod IPs)."""
+    kind = doc.get("kind")
+    spec = doc.get("spec") or {}
+    configs = []
+    if kind == "EnvoyExtensionPolicy":
+        for w in spec.get("wasm", []):
+            code = w.get("code", {})
+            source = code.get("image") if code.get("type") == "Image" else code.get("http")
+            pin = (source or {}).get("sha256", "")
+            if not HEX64.match(str(pin)):
+                errors.append(f"{where}: EnvoyExtensionPolicy wasm {w.get('name')}: not pinned by digest (code.{str(code.get('type')).lower()}.sha256)")
+            elif code.get("type") == "Image":
+                image_digests.add(pin)
+            configs.append(w.get("config") or {})
+    elif kind == "WasmPlugin":
+        pin = str(spec.get("sha256", ""))
+        url = str(spec.get("url", ""))
+        if not HEX64.match(pin) or not url.endswith(f"@sha256:{pin}"):
+            errors.append(f"{where}: WasmPlugin: not pinned by digest (url @sha256: and sha256 must name the same digest)")
+        else:
+            image_digests.add(pin)
+        configs.append(spec.get("pluginConfig") or {})
+    for config in configs:
+        if config.get("debug_headers") not in (None, False):
+            errors.append(f"{where}: {kind}: debug_headers on in a shipped configuration (x-kvroute-* headers name pod IPs)")
 
 
 def pointer_parts(path):
@@ -120,7 +153,7 @@ def kustomization_docs(folder, errors):
         if not (target / "kustomization.yaml").exists():
             errors.append(f"{kfile.relative_to(ROOT)}: component {comp} does not exist")
             continue
-        docs = apply_patches(docs, yaml.safe_load((target / "kustomization.yaml").read_text()), target, errors)
+        docs = apply_component(docs, target, errors)
     docs = apply_patches(docs, kust, folder, errors)
     if "namespace" in kust:
         for doc, _ in docs:
@@ -129,7 +162,21 @@ def kustomization_docs(folder, errors):
     return docs
 
 
+def apply_component(docs, folder, errors):
+    """A kustomize Component: its own resources added, then its patches applied."""
+    comp = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = list(docs)
+    for res in comp.get("resources", []):
+        target = (folder / res).resolve()
+        if not target.exists():
+            errors.append(f"{folder.relative_to(ROOT)}: resource {res} does not exist")
+            continue
+        docs += [(d, f"{target.relative_to(ROOT)}") for d in load_docs(target)]
+    return apply_patches(docs, comp, folder, errors)
+
+
 def apply_patches(docs, kust, folder, errors):
+    """JSON 6902 patches, and the strategic-merge `$patch: delete` that drops a resource."""
     out = [(copy.deepcopy(d), w) for d, w in docs]
     for patch in kust.get("patches", []):
         target = patch["target"]
@@ -137,9 +184,16 @@ def apply_patches(docs, kust, folder, errors):
                 if d.get("kind") == target.get("kind") and d["metadata"].get("name") == target.get("name")]
         if not hits:
             errors.append(f"{folder.relative_to(ROOT)}: patch target {target} matches nothing")
+        body = yaml.safe_load(patch["patch"])
+        if isinstance(body, dict):
+            if body.get("$patch") != "delete" or body.get("kind") != target.get("kind") \
+                    or body.get("metadata", {}).get("name") != target.get("name"):
+                errors.append(f"{folder.relative_to(ROOT)}: patch on {target}: only JSON patches and $patch: delete are modelled")
+            out = [x for i, x in enumerate(out) if i not in hits]
+            continue
         for i in hits:
             try:
-                doc = json_patch(out[i][0], yaml.safe_load(patch["patch"]))
+                doc = json_patch(out[i][0], body)
                 out[i] = (doc, f"{out[i][1]} patched by {folder.relative_to(ROOT)}")
             except (KeyError, IndexError, ValueError) as err:
                 errors.append(f"{folder.relative_to(ROOT)}: patch on {target}: {err!r}")
@@ -307,6 +361,117 @@ def istio_bootstrap(docs, wasm_path, errors):
                                  "clusters": list(clusters.values())}}, names
 
 
+def filter_config(docs):
+    for d in find(docs, "EnvoyExtensionPolicy"):
+        for w in d["spec"].get("wasm", []):
+            return w.get("config") or {}
+    for d in find(docs, "WasmPlugin"):
+        return d["spec"].get("pluginConfig") or {}
+    return {}
+
+
+def gateway_pod_sidecars(docs, errors):
+    """Containers the gateway's own pods get besides Envoy: Envoy Gateway's EnvoyProxy
+    (envoyDeployment initContainers) or Istio's Deployment customisation ConfigMap
+    (`deployment`, a patch of the Deployment it generates), named by the Gateway's
+    infrastructure.parametersRef. Istio's patch is validated here as a Deployment."""
+    out = []
+    for gw in find(docs, "Gateway"):
+        ref = (gw["spec"].get("infrastructure") or {}).get("parametersRef")
+        if not ref:
+            continue
+        hits = [d for d in find(docs, ref["kind"]) if d["metadata"]["name"] == ref["name"]]
+        if not hits:
+            errors.append(f"Gateway {gw['metadata']['name']}: parametersRef {ref['kind']} {ref['name']} does not exist")
+            continue
+        if ref["kind"] == "EnvoyProxy":
+            dep = hits[0]["spec"]["provider"]["kubernetes"].get("envoyDeployment", {})
+            out += dep.get("initContainers", []) + dep.get("containers", [])
+        elif ref["kind"] == "ConfigMap":
+            patch = yaml.safe_load(hits[0].get("data", {}).get("deployment", "{}")) or {}
+            pod = copy.deepcopy(patch.get("spec", {}).get("template", {}).get("spec", {}))
+            pod["containers"] = [{"name": "istio-proxy", "image": "auto"}] + pod.get("containers", [])
+            deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gateway"},
+                          "spec": {"selector": {"matchLabels": {"gw": "x"}},
+                                   "template": {"metadata": {"labels": {"gw": "x"}}, "spec": pod}}}
+            validate_doc(deployment, f"ConfigMap {ref['name']} data.deployment", "1.33", errors)
+            out += pod.get("initContainers", []) + pod["containers"][1:]
+    return out
+
+
+def check_indexer_reachable(name, docs, bootstrap, errors):
+    """The filter's indexer cluster leads to an indexer: a Service of the overlay on that
+    port, or (loopback) a sidecar in the gateway's own pod listening on that address."""
+    config = filter_config(docs)
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    cluster = clusters.get(config.get("indexer_cluster"))
+    if cluster is None:
+        return  # reported by the bootstrap builder
+    sock = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    addr, port = sock["address"], sock["port_value"]
+    if config.get("indexer_authority") not in (None, f"{addr}:{port}"):
+        errors.append(f"{name}: indexer_authority {config.get('indexer_authority')} is not the indexer cluster's {addr}:{port}")
+    if addr.startswith("127."):
+        listens = {a.split("=", 1)[1] for c in gateway_pod_sidecars(docs, errors)
+                   for a in c.get("args", []) if a.startswith("--listen=")}
+        if f"{addr}:{port}" not in listens:
+            errors.append(f"{name}: the filter calls {addr}:{port} but no sidecar of the gateway pod listens there ({sorted(listens)})")
+        return
+    service = addr.split(".")[0]
+    if not any(s["metadata"]["name"] == service and any(p["port"] == port for p in s["spec"]["ports"])
+               for s in find(docs, "Service")):
+        errors.append(f"{name}: the filter calls {addr}:{port} but the overlay has no Service {service} with that port")
+
+
+def container_port(container, port):
+    """A Service targetPort (number or name) resolved against a container's ports."""
+    for p in container.get("ports", []):
+        if port in (p["containerPort"], p.get("name")):
+            return p["containerPort"]
+    return None
+
+
+def check_inference_pools(name, docs, errors):
+    """An InferencePool leads somewhere: routes name existing pools; the pool selects the
+    pods of a Deployment and each target port is one of their container ports; its endpoint
+    picker is a Service of the overlay whose port reaches a container serving --epp-listen
+    on that port."""
+    pools = {p["metadata"]["name"]: p for p in find(docs, "InferencePool")}
+    for hr in find(docs, "HTTPRoute"):
+        for rule in hr["spec"]["rules"]:
+            for b in rule.get("backendRefs", []):
+                if b.get("kind") == "InferencePool" and b["name"] not in pools:
+                    errors.append(f"{name}: HTTPRoute {hr['metadata']['name']} names no InferencePool {b['name']}")
+    deployments = find(docs, "Deployment")
+    for pool_name, pool in pools.items():
+        spec = pool["spec"]
+        want = spec["selector"]["matchLabels"]
+        pods = [d for d in deployments
+                if want.items() <= d["spec"]["template"]["metadata"].get("labels", {}).items()]
+        if not pods:
+            errors.append(f"{name}: InferencePool {pool_name} selects no Deployment's pods ({want})")
+        for tp in spec["targetPorts"]:
+            if not any(container_port(c, tp["number"]) for d in pods
+                       for c in d["spec"]["template"]["spec"]["containers"]):
+                errors.append(f"{name}: InferencePool {pool_name} target port {tp['number']} is no container port of its pods")
+        ref = spec["endpointPickerRef"]
+        svc = [s for s in find(docs, "Service") if s["metadata"]["name"] == ref["name"]]
+        port = [p for s in svc for p in s["spec"]["ports"] if p["port"] == ref["port"]["number"]]
+        if not port:
+            errors.append(f"{name}: InferencePool {pool_name} picker {ref['name']}:{ref['port']['number']} is no Service port")
+            continue
+        picker_pods = [d for d in deployments if svc[0]["spec"]["selector"].items()
+                       <= d["spec"]["template"]["metadata"].get("labels", {}).items()]
+        served = False
+        for d in picker_pods:
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                number = container_port(c, port[0].get("targetPort", port[0]["port"]))
+                if number and any(a.startswith("--epp-listen=") and a.endswith(f":{number}") for a in c.get("args", [])):
+                    served = True
+        if not served:
+            errors.append(f"{name}: InferencePool {pool_name}: no container behind {ref['name']} serves --epp-listen on its port")
+
+
 def leb(n):
     out = bytearray()
     while True:
@@ -362,12 +527,17 @@ def main():
     errors = []
     checked = 0
 
+    image_digests = set()
     for path in sorted(K8S.rglob("*.yaml")):
         if SCHEMAS in path.parents or path.name in NOT_MANIFESTS:
             continue
         for i, doc in enumerate(load_docs(path)):
             validate_doc(doc, f"{path.relative_to(ROOT)}#{i}", args.k8s_version, errors)
+            if isinstance(doc, dict):
+                check_attachment(doc, f"{path.relative_to(ROOT)}#{i}", errors, image_digests)
             checked += 1
+    if len(image_digests) > 1:
+        errors.append(f"filter attachments pin different images: {sorted(image_digests)}")
 
     overlays = {}
     for kfile in sorted(K8S.rglob("kustomization.yaml")):
@@ -375,7 +545,7 @@ def main():
         kind = yaml.safe_load(kfile.read_text()).get("kind")
         if kind == "Component":
             base = kustomization_docs(K8S / "base", errors)
-            rendered = apply_patches(base, yaml.safe_load(kfile.read_text()), folder, errors)
+            rendered = apply_component(base, folder, errors)
         else:
             rendered = kustomization_docs(folder, errors)
             overlays[folder.name] = rendered
@@ -391,13 +561,20 @@ def main():
         if not args.wasm:
             wasm.write_bytes(minimal_proxy_wasm_module())
         configs = {}
-        if "envoy-gateway" in overlays:
-            configs["envoy-gateway"] = envoy_gateway_bootstrap([(d, w) for d, w in overlays["envoy-gateway"]], wasm, errors)
-        if "istio" in overlays:
-            cfg, names = istio_bootstrap(overlays["istio"], wasm, errors)
-            if names[-3:] != ["kvroute", "envoy.filters.http.buffer", "envoy.filters.http.router"]:
-                errors.append(f"istio: filter chain {names} is not wasm -> buffer -> router")
-            configs["istio"] = cfg
+        for name, rendered in sorted(overlays.items()):
+            kinds = {d.get("kind") for d, _ in rendered}
+            if "InferencePool" in kinds:
+                check_inference_pools(name, rendered, errors)
+            if "EnvoyExtensionPolicy" in kinds:
+                configs[name] = envoy_gateway_bootstrap(rendered, wasm, errors)
+            elif "WasmPlugin" in kinds:
+                cfg, names = istio_bootstrap(rendered, wasm, errors)
+                if names[-3:] != ["kvroute", "envoy.filters.http.buffer", "envoy.filters.http.router"]:
+                    errors.append(f"{name}: filter chain {names} is not wasm -> buffer -> router")
+                configs[name] = cfg
+            else:
+                continue
+            check_indexer_reachable(name, rendered, configs[name], errors)
         for name, cfg in configs.items():
             path = out / f"{name}.envoy.json"
             path.write_text(json.dumps(cfg, indent=1))

@@ -18,6 +18,8 @@ use crate::process::{wait_until, ManagedProcess};
 pub struct EnvoyConfig {
     pub listen_address: String,
     pub listen_port: u16,
+    /// The admin API's address (127.0.0.1 keeps it off the network).
+    pub admin_address: String,
     pub admin_port: u16,
     /// `None`: the same Envoy without the filter (the BEGIN/END kvroute-filter block).
     pub wasm_path: Option<PathBuf>,
@@ -60,6 +62,7 @@ impl EnvoyConfig {
         Self {
             listen_address: "127.0.0.1".into(),
             listen_port: 8080,
+            admin_address: "127.0.0.1".into(),
             admin_port: 9901,
             wasm_path: Some(PathBuf::from("target/kvroute_filter.wasm")),
             plugin_config:
@@ -92,6 +95,7 @@ impl EnvoyConfig {
             })
             .collect();
         let values = [
+            ("ADMIN_ADDRESS", self.admin_address.clone()),
             ("ADMIN_PORT", self.admin_port.to_string()),
             ("LISTEN_ADDRESS", self.listen_address.clone()),
             ("LISTEN_PORT", self.listen_port.to_string()),
@@ -118,6 +122,19 @@ impl EnvoyConfig {
         }
         text
     }
+}
+
+/// Where this host reaches a listener bound on `address:port` (a wildcard bind through loopback).
+fn reachable(address: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let ip: std::net::IpAddr = address
+        .parse()
+        .with_context(|| format!("listener address {address:?} is not an IP"))?;
+    let ip = match ip {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        other => other,
+    };
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn strip_filter_block(template: &str) -> String {
@@ -168,8 +185,8 @@ impl Envoy {
         let log = dir.join(format!("envoy-{}.log", config.listen_port));
         let process = ManagedProcess::spawn("envoy", &paths::envoy_bin()?, &args, log)?;
         let mut envoy = Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], config.listen_port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
+            listen: reachable(&config.listen_address, config.listen_port)?,
+            admin: reachable(&config.admin_address, config.admin_port)?,
             config_path,
             process,
         };

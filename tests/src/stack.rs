@@ -48,6 +48,8 @@ pub const QWEN3_MODEL: &str = "Qwen3-32B";
 pub struct IndexerPorts {
     pub http: SocketAddr,
     pub zmq: u16,
+    /// The IP the ZeroMQ SUB socket binds ([`IndexerKv::Bind`]).
+    pub zmq_ip: std::net::IpAddr,
     pub backends: Vec<SocketAddr>,
     /// Model name -> tokenizer directory.
     pub models: BTreeMap<String, PathBuf>,
@@ -58,7 +60,7 @@ pub struct IndexerPorts {
 /// The indexer's side of the KV-event wiring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexerKv {
-    /// Bind a SUB socket on 127.0.0.1:`zmq` (`--zmq-bind`); engines connect.
+    /// Bind a SUB socket on `zmq_ip`:`zmq` (`--zmq-bind`); engines connect.
     Bind,
     /// Connect to each engine's PUB socket: `--engine` specs `HOST:ZMQ_PORT[=HTTP_PORT]`,
     /// and the engines' replay port when they offer one.
@@ -73,17 +75,20 @@ pub type IndexerArgs = Box<dyn Fn(&IndexerPorts) -> Vec<String>>;
 
 /// `kvroute serve` arguments for a stack: its HTTP and ZeroMQ (bind) addresses, every
 /// backend as a known engine (by IP, serving port common to all), the stack's models, and
-/// `extra` flags.
+/// `extra` flags. Load scrapes are slowed to once a minute, so a test's routing depends on
+/// what it sends, not on when a scrape lands.
 pub fn kvroute_serve(extra: &[&str]) -> IndexerArgs {
+    let mut all = vec!["--scrape-interval-ms", "60000"];
+    all.extend_from_slice(extra);
+    kvroute_serve_defaults(&all)
+}
+
+/// [`kvroute_serve`] with `kvroute serve`'s own defaults for everything else (what a user
+/// running it gets: `local-stack`, the demo).
+pub fn kvroute_serve_defaults(extra: &[&str]) -> IndexerArgs {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     Box::new(move |p: &IndexerPorts| {
-        let mut args = vec![
-            "serve".to_string(),
-            "--listen".into(),
-            p.http.to_string(),
-            "--scrape-interval-ms".into(),
-            "60000".into(),
-        ];
+        let mut args = vec!["serve".to_string(), "--listen".into(), p.http.to_string()];
         if let Some(port) = p.backends.first().map(|b| b.port()) {
             args.extend(["--engine-port".to_string(), port.to_string()]);
         }
@@ -91,7 +96,7 @@ pub fn kvroute_serve(extra: &[&str]) -> IndexerArgs {
             IndexerKv::Bind => {
                 args.extend([
                     "--zmq-bind".to_string(),
-                    format!("tcp://127.0.0.1:{}", p.zmq),
+                    format!("tcp://{}", SocketAddr::new(p.zmq_ip, p.zmq)),
                 ]);
                 for b in &p.backends {
                     args.extend(["--engine".to_string(), b.ip().to_string()]);
@@ -198,8 +203,10 @@ pub struct StackBuilder {
     kv_engines: bool,
     sim: Option<SimEngineOptions>,
     external: Vec<ExternalEngine>,
-    envoy_ports: Option<(u16, u16)>,
-    indexer_port: Option<u16>,
+    envoy_addrs: Option<(SocketAddr, SocketAddr)>,
+    filter_wasm: Option<PathBuf>,
+    indexer_listen: Option<SocketAddr>,
+    zmq_listen: Option<SocketAddr>,
 }
 
 impl StackBuilder {
@@ -283,15 +290,43 @@ impl StackBuilder {
         self
     }
 
-    /// Envoy's listener and admin ports instead of free ones.
+    /// Load this prebuilt filter module instead of building it (scripts/build_filter.sh).
+    pub fn filter_wasm(mut self, path: PathBuf) -> Self {
+        self.filter_wasm = Some(path);
+        self
+    }
+
+    /// Envoy's listener and admin ports (on 127.0.0.1) instead of free ones.
     pub fn envoy_ports(mut self, listen: u16, admin: u16) -> Self {
-        self.envoy_ports = Some((listen, admin));
+        self.envoy_addrs = Some((
+            SocketAddr::from(([127, 0, 0, 1], listen)),
+            SocketAddr::from(([127, 0, 0, 1], admin)),
+        ));
+        self
+    }
+
+    /// Envoy's listener and admin addresses (any IP, e.g. 0.0.0.0 to serve the network).
+    pub fn envoy_addrs(mut self, listen: SocketAddr, admin: SocketAddr) -> Self {
+        self.envoy_addrs = Some((listen, admin));
         self
     }
 
     /// The indexer's HTTP port (on 127.0.0.1) instead of a free one.
     pub fn indexer_port(mut self, port: u16) -> Self {
-        self.indexer_port = Some(port);
+        self.indexer_listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        self
+    }
+
+    /// The indexer's HTTP address instead of 127.0.0.1 and a free port.
+    pub fn indexer_listen(mut self, addr: SocketAddr) -> Self {
+        self.indexer_listen = Some(addr);
+        self
+    }
+
+    /// Where the indexer binds its ZeroMQ SUB socket when engines connect to it, instead of
+    /// 127.0.0.1 and a free port (simulated engines use its port).
+    pub fn zmq_listen(mut self, addr: SocketAddr) -> Self {
+        self.zmq_listen = Some(addr);
         self
     }
 
@@ -324,7 +359,11 @@ impl StackBuilder {
             None => 0,
         };
         let sim_zmq_port = match &self.sim {
-            Some(sim) => sim.zmq_port.map_or_else(free_port, Ok)?,
+            Some(sim) => match (sim.zmq_port, self.zmq_listen) {
+                (Some(port), _) => port,
+                (None, Some(addr)) => addr.port(),
+                (None, None) => free_port()?,
+            },
             None => 0,
         };
         let sim_replay_port = match &self.sim {
@@ -367,6 +406,9 @@ impl StackBuilder {
             _ => IndexerKv::Bind,
         };
         let mut zmq_port = 0;
+        let zmq_ip = self
+            .zmq_listen
+            .map_or(Ipv4Addr::LOCALHOST.into(), |a| a.ip());
 
         let mut scripted = None;
         let mut indexer_process = None;
@@ -383,14 +425,19 @@ impl StackBuilder {
             }
             IndexerSpec::External(addr) => addr,
             IndexerSpec::Kvroute(args) => {
-                zmq_port = match &self.sim {
-                    Some(sim) if sim.wiring == KvWiring::EnginesConnect => sim_zmq_port,
+                zmq_port = match (&self.sim, self.zmq_listen) {
+                    (Some(sim), _) if sim.wiring == KvWiring::EnginesConnect => sim_zmq_port,
+                    (None, Some(addr)) => addr.port(),
                     _ => free_port()?,
                 };
-                let http_port = self.indexer_port.map_or_else(free_port, Ok)?;
+                let http = match self.indexer_listen {
+                    Some(addr) => addr,
+                    None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                };
                 let ports = IndexerPorts {
-                    http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+                    http,
                     zmq: zmq_port,
+                    zmq_ip,
                     backends: pods.clone(),
                     models: self.models.clone(),
                     kv: indexer_kv.clone(),
@@ -401,9 +448,9 @@ impl StackBuilder {
                     &args(&ports),
                     dir.join("indexer.log"),
                 )?;
+                let reach = reachable(ports.http);
                 let ready = wait_until(Duration::from_secs(20), || {
-                    http::send(ports.http, "GET", "/readyz", &[], b"")
-                        .is_ok_and(|r| r.status == 200)
+                    http::send(reach, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
                 });
                 if !ready {
                     bail!(
@@ -412,7 +459,7 @@ impl StackBuilder {
                     );
                 }
                 indexer_process = Some(proc);
-                ports.http
+                reach
             }
         };
 
@@ -425,7 +472,7 @@ impl StackBuilder {
             let model = Arc::new(KvModel::load(name, dir, HashConfig::default())?);
             for (i, pod) in pods.iter().enumerate() {
                 let ip = pod.ip().to_string();
-                let zmq = format!("tcp://127.0.0.1:{zmq_port}");
+                let zmq = format!("tcp://{}", reachable(SocketAddr::new(zmq_ip, zmq_port)));
                 let publisher = runtime.block_on(KvPublisher::connect(model.clone(), &ip, &zmq))?;
                 backends.push(Backend::start_with(
                     &runtime,
@@ -451,9 +498,10 @@ impl StackBuilder {
                 };
                 let ip = *v4.ip();
                 let kv = match sim.wiring {
-                    KvWiring::EnginesConnect => {
-                        KvLink::Connect(format!("tcp://127.0.0.1:{sim_zmq_port}"))
-                    }
+                    KvWiring::EnginesConnect => KvLink::Connect(format!(
+                        "tcp://{}",
+                        reachable(SocketAddr::new(zmq_ip, sim_zmq_port))
+                    )),
                     KvWiring::IndexerConnects => KvLink::Bind(format!("tcp://{ip}:{sim_zmq_port}")),
                 };
                 let mut args = SimEngineArgs::qwen3(ip, pod.port())
@@ -505,18 +553,25 @@ impl StackBuilder {
             .unwrap_or("filter")
             == "filter";
         let plugin_config = serde_json::Value::Object(plugin).to_string();
-        let (listen_port, admin_port) = match self.envoy_ports {
-            Some(ports) => ports,
-            None => Envoy::free_ports()?,
+        let (listen, admin) = match self.envoy_addrs {
+            Some(addrs) => addrs,
+            None => {
+                let (listen, admin) = Envoy::free_ports()?;
+                (
+                    SocketAddr::from(([127, 0, 0, 1], listen)),
+                    SocketAddr::from(([127, 0, 0, 1], admin)),
+                )
+            }
         };
         let config = EnvoyConfig {
-            listen_address: "127.0.0.1".into(),
-            listen_port,
-            admin_port,
-            wasm_path: if self.filter {
-                Some(paths::filter_wasm()?)
-            } else {
-                None
+            listen_address: listen.ip().to_string(),
+            listen_port: listen.port(),
+            admin_address: admin.ip().to_string(),
+            admin_port: admin.port(),
+            wasm_path: match (self.filter, self.filter_wasm) {
+                (false, _) => None,
+                (true, Some(path)) => Some(path),
+                (true, None) => Some(paths::filter_wasm()?),
             },
             plugin_config,
             pods,
@@ -541,6 +596,15 @@ impl StackBuilder {
             dir,
             _runtime: runtime,
         })
+    }
+}
+
+/// Where this host reaches a listener bound on `addr` (a wildcard bind through loopback).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
     }
 }
 
@@ -585,8 +649,10 @@ impl Stack {
             kv_engines: false,
             sim: None,
             external: Vec::new(),
-            envoy_ports: None,
-            indexer_port: None,
+            envoy_addrs: None,
+            indexer_listen: None,
+            zmq_listen: None,
+            filter_wasm: None,
         }
     }
 

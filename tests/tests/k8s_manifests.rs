@@ -60,14 +60,17 @@ fn copy_tree(from: &Path, to: &Path) {
 fn every_manifest_and_both_envoy_attachments_validate() {
     let (ok, text) = run_validator(None);
     assert!(ok, "k8s validation failed:\n{text}");
-    assert!(text.contains("2 Envoy configs validated"), "{text}");
+    // envoy-gateway, istio and their sidecar variants; the InferencePool overlay has no filter.
+    assert!(text.contains("4 Envoy configs validated"), "{text}");
 }
 
-/// The checks can fail: a field no schema knows, a route the real Envoy refuses, and a
-/// kustomization naming a missing file are each reported.
+/// The checks can fail: a field no schema knows (in a manifest and in Istio's Deployment
+/// patch), a route the real Envoy refuses, a kustomization naming a missing file, debug
+/// headers on, an unpinned filter, a sidecar not where the filter calls it, and a picker
+/// port nothing serves are each reported.
 #[test]
 fn broken_manifests_are_refused() {
-    let cases: [(&str, &str, &str, &str); 3] = [
+    let cases: [(&str, &str, &str, &str); 8] = [
         (
             "base/indexer.yaml",
             "readinessProbe:",
@@ -85,6 +88,36 @@ fn broken_manifests_are_refused() {
             "- wasmplugin.yaml",
             "- wasm-plugin.yaml",
             "does not exist",
+        ),
+        (
+            "overlays/istio/wasmplugin.yaml",
+            "debug_headers: false",
+            "debug_headers: true",
+            "debug_headers on in a shipped configuration",
+        ),
+        (
+            "overlays/envoy-gateway/extension-policy.yaml",
+            "        sha256: ",
+            "        # sha256: ",
+            "not pinned by digest",
+        ),
+        (
+            "overlays/envoy-gateway-sidecar/envoyproxy.yaml",
+            "--listen=127.0.0.1:8081",
+            "--listen=127.0.0.1:8082",
+            "no sidecar of the gateway pod listens there",
+        ),
+        (
+            "overlays/istio-sidecar/gateway-options.yaml",
+            "            restartPolicy: Always\n",
+            "            restartPolicy: Always\n            restartPolicyy: Always\n",
+            "restartPolicyy",
+        ),
+        (
+            "overlays/inferencepool/kustomization.yaml",
+            "--epp-listen=0.0.0.0:9002",
+            "--epp-listen=0.0.0.0:9003",
+            "serves --epp-listen on its port",
         ),
     ];
     for (i, (file, from, to, expect)) in cases.iter().enumerate() {
@@ -232,4 +265,62 @@ fn wasm_oci_layouts_are_well_formed() {
         }
         let _ = std::fs::remove_dir_all(&layout);
     }
+}
+
+/// `scripts/build_wasm_oci.sh --pin`'s last step (packaging/pin_filter.py) writes the digests
+/// of the layout packaging/wasm_oci.py produced into every shipped attachment: the image
+/// manifest's digest for the OCI sources (Envoy Gateway `code.image.sha256`, Istio `url
+/// ...@sha256:` and `sha256`), the module's sha256 for the HTTP source. The pinned copy of
+/// k8s/ still validates, and the shipped k8s/ is pinned the same way (one digest for all).
+#[test]
+fn the_packaging_pins_every_attachment_to_the_built_filter() {
+    let module_path = some_module();
+    let module = std::fs::read(&module_path).expect("module");
+    let layout = build_layout(&module_path, "compat");
+    let index = json(&layout.join("index.json"));
+    let manifest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .strip_prefix("sha256:")
+        .expect("sha256")
+        .to_string();
+    let dir = scratch("pinned");
+    copy_tree(&repo_root().join("k8s"), &dir);
+    let out = Command::new(python())
+        .arg(repo_root().join("packaging/pin_filter.py"))
+        .args(["--layout", &layout.to_string_lossy()])
+        .args(["--wasm", &module_path.to_string_lossy()])
+        .args(["--k8s-dir", &dir.to_string_lossy()])
+        .output()
+        .expect("run pin_filter.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |rel: &str| std::fs::read_to_string(dir.join(rel)).expect(rel);
+    let image = read("overlays/envoy-gateway/extension-policy.yaml");
+    assert!(image.contains(&format!("sha256: {manifest}\n")), "{image}");
+    let http = read("overlays/envoy-gateway/extension-policy-http.yaml");
+    assert!(
+        http.contains(&format!("sha256: {}\n", sha256_hex(&module))),
+        "{http}"
+    );
+    let istio = read("overlays/istio/wasmplugin.yaml");
+    assert!(istio.contains(&format!("@sha256:{manifest}\n")), "{istio}");
+    assert!(istio.contains(&format!("sha256: {manifest}\n")), "{istio}");
+    let (ok, text) = run_validator(Some(&dir));
+    assert!(ok, "the pinned copy does not validate:\n{text}");
+
+    // The shipped attachments carry a pin of the same shape (which build: the release's).
+    let shipped = std::fs::read_to_string(repo_root().join("k8s/overlays/istio/wasmplugin.yaml"))
+        .expect("wasmplugin");
+    let pinned = shipped
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .expect("shipped WasmPlugin has sha256");
+    assert_eq!(pinned.len(), 64, "{pinned}");
+    assert!(shipped.contains(&format!("@sha256:{pinned}")));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&layout);
 }

@@ -12,15 +12,24 @@ use serde_json::Value;
 #[test]
 fn the_local_stack_sends_round2_to_round1s_engine_with_its_prefix_cached() {
     let summary = std::env::temp_dir().join(format!("local-stack-{}.json", std::process::id()));
-    let port = |p: u16| p.to_string();
+    let addr = |ip: &str| format!("{ip}:{}", free_port().unwrap());
+    // Every listener's address is an option; Envoy's listener on the wildcard address is
+    // reached through loopback. The seed's PYTHONHASHSEED is given to engines and indexer.
     let out = Command::new(env!("CARGO_BIN_EXE_local-stack"))
-        .args(["--exit", "--time-scale", "20", "--summary"])
+        .args([
+            "--exit",
+            "--time-scale",
+            "20",
+            "--hash-seed",
+            "42",
+            "--summary",
+        ])
         .arg(&summary)
-        .args(["--port", &port(free_port().unwrap())])
-        .args(["--admin-port", &port(free_port().unwrap())])
-        .args(["--indexer-port", &port(free_port().unwrap())])
-        .args(["--engine-port", &port(free_port().unwrap())])
-        .args(["--zmq-port", &port(free_port().unwrap())])
+        .args(["--listen", &addr("0.0.0.0")])
+        .args(["--admin", &addr("127.0.0.1")])
+        .args(["--indexer-listen", &addr("127.0.0.1")])
+        .args(["--engine-port", &free_port().unwrap().to_string()])
+        .args(["--zmq-listen", &addr("127.0.0.1")])
         .output()
         .expect("running local-stack");
     let stdout = String::from_utf8_lossy(&out.stdout);

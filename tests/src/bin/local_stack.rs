@@ -14,7 +14,7 @@ use kvroute_tests::http;
 use kvroute_tests::paths;
 use kvroute_tests::sim_engine::{cached_tokens, seed_requests};
 use kvroute_tests::stack::{
-    kvroute_serve, ExternalEngine, IndexerSpec, KvWiring, SimEngineOptions, Stack,
+    kvroute_serve_defaults, ExternalEngine, IndexerSpec, KvWiring, SimEngineOptions, Stack,
 };
 use serde_json::{json, Value};
 
@@ -31,11 +31,14 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
     /// A real vLLM engine's OpenAI server, http://IP:PORT (repeatable); replaces the
-    /// simulated engines.
+    /// simulated engines. Without --vllm-kv the engines publish to the indexer's bound
+    /// socket (--zmq-listen): start vLLM with --kv-events-config endpoint
+    /// "tcp://INDEXER_IP:5557" and topic "kv@ENGINE_IP@MODEL".
     #[arg(long = "vllm", value_name = "URL")]
     vllm: Vec<String>,
     /// The KV-event PUB socket of the --vllm at the same position, tcp://IP:PORT (vLLM's
-    /// --kv-events-config endpoint "tcp://*:PORT"); the indexer connects to it.
+    /// --kv-events-config endpoint "tcp://*:PORT"); the indexer connects to it. Give one
+    /// for every --vllm, or none.
     #[arg(long = "vllm-kv", value_name = "ENDPOINT")]
     vllm_kv: Vec<String>,
     /// The served model name.
@@ -44,22 +47,33 @@ struct Args {
     /// Its tokenizer directory (tokenizer.json, tokenizer_config.json).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// The engines' PYTHONHASHSEED (the seed's pods run 42); indexer and filter hash with it.
-    #[arg(long, default_value = "42")]
-    hash_seed: String,
-    /// Envoy's listener: where clients send OpenAI requests.
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    #[arg(long, default_value_t = 9901)]
-    admin_port: u16,
-    #[arg(long, default_value_t = 8081)]
-    indexer_port: u16,
+    /// The engines' PYTHONHASHSEED (the seed's pods run 42), given to the indexer, the
+    /// filter and the simulated engines; unset, all of them use vLLM's default.
+    #[arg(long)]
+    hash_seed: Option<String>,
+    /// Envoy's listener, where clients send OpenAI requests (0.0.0.0:8080: the network).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Envoy's admin API.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// `kvroute serve`'s HTTP API (the filter's indexer).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    indexer_listen: SocketAddr,
+    /// The indexer's ZeroMQ SUB socket, which engines publishing to it connect to.
+    #[arg(long, default_value = "127.0.0.1:5557")]
+    zmq_listen: SocketAddr,
     /// The simulated engines' serving port (each on its own IP).
     #[arg(long, default_value_t = 8000)]
     engine_port: u16,
-    /// The indexer's ZeroMQ socket, which simulated engines connect to.
-    #[arg(long, default_value_t = 5557)]
-    zmq_port: u16,
+    /// An indexer already running (`kvroute serve` started by you, e.g. to restart it under
+    /// load): its HTTP address. local-stack then starts no indexer of its own, and
+    /// --hash-seed, --zmq-listen and --vllm-kv are the running indexer's business.
+    #[arg(long, value_name = "ADDR")]
+    indexer: Option<SocketAddr>,
+    /// A prebuilt filter module (e.g. target/kvroute_filter.wasm) instead of building it.
+    #[arg(long, value_name = "WASM")]
+    filter: Option<PathBuf>,
     /// Exit after the example requests (status 1 if round2 did not follow round1).
     #[arg(long)]
     exit: bool,
@@ -99,38 +113,53 @@ fn start_stack(args: &Args) -> anyhow::Result<Stack> {
         .tokenizer
         .clone()
         .unwrap_or_else(|| paths::tokenizers_dir().join("qwen3"));
+    let seed_args: Vec<&str> = match &args.hash_seed {
+        Some(seed) => vec!["--hash-seed", seed],
+        None => Vec::new(),
+    };
     let mut builder = Stack::builder()
         .model(&args.model, tokenizer)
-        .plugin(json!({"hash_seed": args.hash_seed}))
-        .envoy_ports(args.port, args.admin_port)
-        .indexer_port(args.indexer_port)
-        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[
-            "--hash-seed",
-            &args.hash_seed,
-        ])));
+        .envoy_addrs(args.listen, args.admin)
+        .indexer_listen(args.indexer_listen)
+        .zmq_listen(args.zmq_listen)
+        .indexer(match args.indexer {
+            Some(addr) => IndexerSpec::External(addr),
+            None => IndexerSpec::Kvroute(kvroute_serve_defaults(&seed_args)),
+        });
+    if let Some(seed) = &args.hash_seed {
+        builder = builder.plugin(json!({ "hash_seed": seed }));
+    }
+    if let Some(wasm) = &args.filter {
+        if !wasm.is_file() {
+            bail!("--filter {}: no such file", wasm.display());
+        }
+        builder = builder.filter_wasm(wasm.clone());
+    }
     if args.vllm.is_empty() {
         let mut sim = SimEngineOptions::new(args.engines);
         sim.port = Some(args.engine_port);
-        sim.zmq_port = Some(args.zmq_port);
+        sim.zmq_port = Some(args.zmq_listen.port());
         sim.time_scale = args.time_scale;
         sim.wiring = KvWiring::EnginesConnect;
-        sim.hash_seed = Some(args.hash_seed.clone());
+        sim.hash_seed = args.hash_seed.clone();
         builder = builder.sim_engines(sim);
     } else {
-        if args.vllm_kv.len() != args.vllm.len() {
+        if !args.vllm_kv.is_empty() && args.vllm_kv.len() != args.vllm.len() {
             bail!(
-                "give each --vllm its --vllm-kv tcp://IP:PORT (start vLLM with --kv-events-config \
-                 '{{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:5557\"}}')"
+                "give every --vllm its --vllm-kv tcp://IP:PORT (vLLM binds: --kv-events-config \
+                 endpoint \"tcp://*:5557\"), or none (vLLM connects to the indexer: endpoint \
+                 \"tcp://{}\")",
+                args.zmq_listen
             );
         }
         let engines = args
             .vllm
             .iter()
-            .zip(&args.vllm_kv)
-            .map(|(url, kv)| {
+            .enumerate()
+            .map(|(i, url)| {
                 Ok(ExternalEngine {
                     http: engine_addr(url)?,
-                    kv: Some(kv.clone()),
+                    kv: args.vllm_kv.get(i).cloned(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -264,6 +293,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         stack.indexer_addr,
         engines.join(" ")
     );
+    if !args.vllm.is_empty() && args.vllm_kv.is_empty() && args.indexer.is_none() {
+        println!(
+            "engines publish to the indexer: vLLM --kv-events-config endpoint \"tcp://{}\", topic \"kv@<engine IP>@{}\"",
+            args.zmq_listen, args.model
+        );
+    }
     let requests = seed_requests()?;
     let mut outcomes = Vec::new();
     for name in ["round1", "round2"] {
@@ -315,7 +350,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         args.model
     );
     println!(
-        "  (x-served-by: the engine; x-kvroute-matched-blocks: cached blocks it held)\n  \
+        "  (x-kvroute-endpoint: the engine the filter picked, x-kvroute-matched-blocks: the\n  \
+         cached blocks it held; simulated engines also answer x-served-by)\n  \
          indexer: curl -s http://{}/v1/pods    logs: {}",
         stack.indexer_addr,
         stack.log_dir().display()
