@@ -285,8 +285,8 @@ def scenario_kill(fleet, args):
     results = load.stop()
     to_dead_after_kill = [r for r in results if killed_at <= r["sent"] < answering_at and r["engine"] == dead]
     back = [r for r in results if r["sent"] >= answering_at and r["engine"] == dead and r["status"] == 200]
-    stale = [r for r in results if r["sent"] >= killed_at and r["engine"] == dead
-             and r["matched"] > 0 and (r["cached"] or 0) == 0]
+    stale = [r for r in results if r["sent"] >= answering_at and r["engine"] == dead
+             and r["status"] == 200 and r["matched"] > 0 and (r["cached"] or 0) == 0]
     s = summary(results)
     s.update({
         "killed_at_s": round(killed_at, 1), "answering_again_at_s": round(answering_at, 1),
