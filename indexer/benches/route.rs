@@ -1,20 +1,35 @@
-//! The indexer's numbers, printed as a table (docs/indexer.md records them):
-//! - route lookup: 112 keys over 1M keys held by 8 pods, p50/p99 in process;
-//! - memory: heap bytes per (block, pod) entry at 1M keys (counting allocator);
-//! - HTTP: `/v1/route` over loopback at 1,000 requests per second, p50/p99.
+//! The indexer at fleet sizes 8, 64, 256 and 1,024 engines, one table (docs/scaling.md):
+//! each engine holds the seed pod's 4,802 blocks with the seed's sharing pattern
+//! (`fleet/workload.rs`), and for each size:
+//! - memory: heap bytes per (block, engine) entry (counting allocator) and the process RSS;
+//! - ingest into the index alone (32-block stores, one core), and through the whole
+//!   pipeline (vLLM 0.3x frames decoded, keyed natively, applied) into the full index;
+//! - lookup of a 112-key request: hit p50/p99, miss p50 (every answer checked);
+//! - restart clear of one engine (median and max of 16);
+//! - `/v1/route` over loopback at 1,000 req/s against the real axum app, p50/p99.
 //!
-//! Ingest throughput has its own criterion bench (`--bench ingest`).
-//!
-//! Run: `cargo bench -p kvroute-indexer --bench route`.
+//! Run: `cargo bench -p kvroute-indexer --bench route` (all sizes, ~1 min) or with
+//! `KVROUTE_BENCH_ENGINES=8,64` for some. Ingest of one engine's frames by wire
+//! generation and key mode has its own criterion bench (`--bench ingest`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
 use kvroute_indexer::index::{BlockIndex, IndexOp, Medium, PodIndex};
-use kvroute_indexer::ingest::IngestConfig;
+use kvroute_indexer::ingest::{Ingest, IngestConfig, Source};
+use kvroute_indexer::metrics::Metrics;
+use kvroute_indexer::pods::PodRegistry;
 use kvroute_indexer::serve::{self, ServeConfig};
 use kvroute_indexer::types::PodId;
+use kvroute_kvevents::{
+    encode_message, BlockStored, EngineHash, EventBatch, KvEvent, WireGeneration,
+};
+
+#[path = "fleet/workload.rs"]
+mod workload;
 
 struct Counting;
 
@@ -41,94 +56,258 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-fn pod(i: usize) -> PodId {
-    PodId {
-        endpoint: format!("10.0.0.{i}:8000").into(),
-        dp_rank: 0,
-    }
+const BLOCK_SIZE: usize = 64;
+/// Lookups timed per size (the fleet's checked queries, cycled).
+const LOOKUPS: usize = 20_000;
+const QUERIES: usize = 2_000;
+
+fn host(i: usize) -> String {
+    format!("10.1.{}.{}", i / 256, i % 256)
 }
 
-/// A cheap deterministic key stream (keys are hash values: uniform).
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+fn pod(i: usize) -> PodId {
+    PodId {
+        endpoint: format!("{}:8000", host(i)).into(),
+        dp_rank: 0,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn main() {
-    // --- index: 1M keys, 8 pods, in chains of 112 (one request prefix each) -------------
-    const KEYS: usize = 1_000_000;
-    const PODS: usize = 8;
-    let before = LIVE.load(Ordering::Relaxed);
-    let index = BlockIndex::new(KEYS * 2);
-    let mut state = 1u64;
-    let mut chains: Vec<Vec<u64>> = Vec::new();
-    let mut pod_entries = 0usize;
-    for c in 0..KEYS / 112 {
-        let chain: Vec<u64> = (0..112).map(|_| splitmix(&mut state)).collect();
-        // Most prefixes live on one pod, every fourth on two (replicated hot prefix).
-        let holders = if c % 4 == 0 { 2 } else { 1 };
-        for h in 0..holders {
-            index.apply(
-                &pod((c + h) % PODS),
-                IndexOp::Store {
-                    keys: chain.clone(),
-                    medium: Medium::Gpu,
-                },
-            );
-            pod_entries += chain.len();
-        }
-        chains.push(chain);
-    }
-    let bytes =
-        (LIVE.load(Ordering::Relaxed) - before) as f64 - (chains.len() * (112 * 8 + 24)) as f64;
-    let entries = index.entries();
-
-    let mut lat = Vec::with_capacity(20_000);
-    for i in 0..20_000 {
-        let chain = &chains[(i * 7919) % chains.len()];
-        let t = Instant::now();
-        let m = index.match_prefix(chain);
-        lat.push(t.elapsed());
-        assert!(m.iter().any(|m| m.gpu_blocks == 112));
-    }
-    lat.sort();
-
-    // --- HTTP over loopback ------------------------------------------------------------------
-    let http = http_bench(&chains);
-
-    println!("| measure | value | target |");
-    println!("|---|---|---|");
-    println!(
-        "| route lookup, 112 keys over {entries} keys x {PODS} pods, p50 | {:.1} us | |",
-        percentile(&lat, 0.5).as_secs_f64() * 1e6
-    );
-    println!(
-        "| route lookup p99 | {:.1} us | <= 20 us |",
-        percentile(&lat, 0.99).as_secs_f64() * 1e6
-    );
-    println!(
-        "| heap per (block, pod) entry ({pod_entries} entries, {entries} keys) | {:.1} B | <= 64 B |",
-        bytes / pod_entries as f64
-    );
-    println!(
-        "| /v1/route over loopback at 1,000 req/s, p50 | {:.3} ms | |",
-        http.0
-    );
-    println!(
-        "| /v1/route over loopback at 1,000 req/s, p99 | {:.3} ms | <= 1 ms |",
-        http.1
-    );
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
-/// Paced client at 1,000 req/s for 3 s against the real axum app; (p50, p99) in ms.
-fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Every engine's events, round-robin across engines (as a fleet publishes them).
+fn interleaved(fleet: &workload::Fleet) -> Vec<(usize, Vec<u64>)> {
+    let longest = fleet.events.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| {
+            fleet
+                .events
+                .iter()
+                .enumerate()
+                .filter_map(move |(e, ev)| ev.get(i).map(|(_, k)| (e, k.clone())))
+        })
+        .collect()
+}
+
+struct Row {
+    engines: usize,
+    entries: usize,
+    keys: usize,
+    bytes_per_entry: f64,
+    rss_mib: f64,
+    ingest_index: f64,
+    ingest_pipeline: f64,
+    hit: (f64, f64),
+    miss_p50: f64,
+    clear: (f64, f64),
+    http: (f64, f64),
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("KVROUTE_BENCH_ENGINES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![8, 64, 256, 1024]);
+    let mut rows = Vec::new();
+    for engines in sizes {
+        rows.push(measure(engines));
+    }
+    println!(
+        "| engines | (block, engine) entries | keys | heap per entry | process RSS | ingest, index alone | ingest, whole pipeline | lookup 112 keys, hit p50 / p99 | miss p50 | restart clear of one engine, median / max | /v1/route at 1,000 req/s, p50 / p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.1} B | {:.0} MiB | {:.2} M/s | {:.2} M/s | {:.2} / {:.2} us | {:.2} us | {:.0} / {:.0} us | {:.2} / {:.2} ms |",
+            r.engines,
+            r.entries,
+            r.keys,
+            r.bytes_per_entry,
+            r.rss_mib,
+            r.ingest_index,
+            r.ingest_pipeline,
+            r.hit.0,
+            r.hit.1,
+            r.miss_p50,
+            r.clear.0,
+            r.clear.1,
+            r.http.0,
+            r.http.1,
+        );
+    }
+}
+
+fn measure(engines: usize) -> Row {
+    let fleet = workload::fleet(engines, QUERIES);
+    let ops = interleaved(&fleet);
+    let entries = fleet.entries();
+    let pods: Vec<PodId> = (0..engines).map(pod).collect();
+
+    // --- ingest into the index alone, and its memory ------------------------------------
+    let before = LIVE.load(Ordering::Relaxed);
+    let index = BlockIndex::new(usize::MAX);
+    let t = Instant::now();
+    for (e, keys) in ops.iter().cloned() {
+        index.apply(
+            &pods[e],
+            IndexOp::Store {
+                keys,
+                medium: Medium::Gpu,
+            },
+        );
+    }
+    let ingest_index = entries as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64;
+    assert_eq!(index.pod_entries(), entries);
+    drop(ops);
+    let rss = rss_mib();
+
+    // --- lookups, every answer checked ----------------------------------------------------
+    for (keys, want) in &fleet.hits {
+        let mut got: Vec<(usize, usize)> = index
+            .match_prefix(keys)
+            .into_iter()
+            .map(|m| {
+                (
+                    pods.iter().position(|p| *p == m.pod).expect("known"),
+                    m.gpu_blocks,
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(&got, want);
+    }
+    let mut hit = Vec::with_capacity(LOOKUPS);
+    for i in 0..LOOKUPS {
+        let keys = &fleet.hits[(i * 7919) % fleet.hits.len()].0;
+        let t = Instant::now();
+        let m = index.match_prefix(keys);
+        hit.push(t.elapsed());
+        std::hint::black_box(m);
+    }
+    hit.sort();
+    let mut miss = Vec::with_capacity(fleet.misses.len());
+    for keys in &fleet.misses {
+        let t = Instant::now();
+        let m = index.match_prefix(keys);
+        miss.push(t.elapsed());
+        assert!(m.is_empty());
+    }
+    miss.sort();
+
+    // --- the whole pipeline into the full index ----------------------------------------
+    let index = Arc::new(index);
+    let ingest_pipeline = pipeline(engines, index.clone());
+
+    // --- restart clear of one engine -------------------------------------------------------
+    let mut clears: Vec<Duration> = (0..16.min(engines))
+        .map(|e| {
+            let t = Instant::now();
+            index.apply(&pods[e * engines / 16.min(engines)], IndexOp::ClearPod);
+            t.elapsed()
+        })
+        .collect();
+    clears.sort();
+    let keys = index.entries();
+    drop(index);
+
+    let http = http_bench(&fleet);
+    Row {
+        engines,
+        entries,
+        keys,
+        bytes_per_entry: bytes / entries as f64,
+        rss_mib: rss,
+        ingest_index,
+        ingest_pipeline,
+        hit: (us(percentile(&hit, 0.5)), us(percentile(&hit, 0.99))),
+        miss_p50: us(percentile(&miss, 0.5)),
+        clear: (us(clears[clears.len() / 2]), us(clears[clears.len() - 1])),
+        http,
+    }
+}
+
+/// Block events/s through `Ingest::handle` (decode, native keys, index) from every engine:
+/// each publishes 32-block `BlockStored`s in vLLM 0.3x's shape with real hashes.
+fn pipeline(engines: usize, index: Arc<BlockIndex>) -> f64 {
+    let config = HashConfig {
+        scheme: HashScheme::Sha256Cbor,
+        block_size: BLOCK_SIZE,
+        seed: Some("42".into()),
+    };
+    let hasher = BlockHasher::new(config.clone());
+    // At least 64k block events in all, at least 2 events an engine.
+    let per_engine = (2048 / engines).max(2);
+    let mut frames = Vec::new();
+    for e in 0..engines {
+        for r in 0..per_engine {
+            let tokens: Vec<u32> = (0..(BLOCK_SIZE * workload::EVENT_BLOCKS) as u32)
+                .map(|i| (i * 31 + r as u32 * 7919 + e as u32 * 104_729) % 150_000)
+                .collect();
+            let values = hasher.event_values(&tokens);
+            let event = KvEvent::BlockStored(BlockStored {
+                block_hashes: values.iter().map(|v| EngineHash::Int(*v)).collect(),
+                parent_block_hash: None,
+                token_ids: tokens,
+                block_size: BLOCK_SIZE as u32,
+                lora_id: None,
+                medium: Some(Medium::Gpu),
+                lora_name: None,
+                extra_keys: None,
+                group_idx: Some(0),
+                kv_cache_spec_kind: Some("full_attention".into()),
+                session_id: None,
+            });
+            let batch = EventBatch {
+                ts: 0.0,
+                events: vec![event],
+                data_parallel_rank: Some(0),
+                skipped_unknown: 0,
+            };
+            let topic = format!("kv@{}@m", host(e));
+            frames.push((
+                e,
+                encode_message(&topic, r as u64, &batch, WireGeneration::V03xMaps),
+            ));
+        }
+    }
+    // Publishing order: round-robin over engines.
+    frames.sort_by_key(|(e, f)| (f[1].clone(), *e));
+    let ingest = Ingest::new(
+        IngestConfig::with_engines((0..engines).map(host)),
+        index,
+        Arc::new(PodRegistry::new(None)),
+        Arc::new(Metrics::new()),
+        config,
+        ExtraKeysStyle::Tagged,
+    )
+    .expect("valid ingestion config");
+    let endpoints: Vec<String> = (0..engines).map(|e| format!("{}:8000", host(e))).collect();
+    let t = Instant::now();
+    for (e, f) in &frames {
+        let refs: Vec<&[u8]> = f.iter().map(Vec::as_slice).collect();
+        ingest.handle(Source::Dialed(&endpoints[*e]), &refs, false);
+    }
+    (frames.len() * workload::EVENT_BLOCKS) as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// Paced client at 1,000 req/s for 3 s against the real axum app holding the fleet's
+/// index and engines; (p50, p99) in ms.
+fn http_bench(fleet: &workload::Fleet) -> (f64, f64) {
     // The server gets its own runtime, as in `kvroute serve`; the client runs on another
     // thread so that its timers and the server's tasks do not queue behind each other.
     let server = tokio::runtime::Builder::new_multi_thread()
@@ -142,16 +321,17 @@ fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
                 "m={}/../testdata/tokenizers/qwen3",
                 env!("CARGO_MANIFEST_DIR")
             )],
-            ingest: IngestConfig::with_engines(["10.0.0.1", "10.0.0.2"]),
+            ingest: IngestConfig::with_engines((0..fleet.engines).map(host)),
+            max_entries: 2 * fleet.entries(),
             ..ServeConfig::default()
         };
         let daemon = serve::build(&config).expect("build");
         let index = daemon.state.router.index.clone();
-        for (i, chain) in chains.iter().take(1000).enumerate() {
+        for (e, keys) in interleaved(fleet) {
             index.apply(
-                &pod(1 + i % 2),
+                &pod(e),
                 IndexOp::Store {
-                    keys: chain.clone(),
+                    keys,
                     medium: Medium::Gpu,
                 },
             );
@@ -171,10 +351,11 @@ fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
     client_runtime.block_on(async {
         let client = reqwest::Client::new();
         let url = format!("http://{addr}/v1/route");
-        let bodies: Vec<String> = chains
+        let bodies: Vec<String> = fleet
+            .hits
             .iter()
             .take(1000)
-            .map(|c| serde_json::json!({"model": "m", "block_hashes": c}).to_string())
+            .map(|(keys, _)| serde_json::json!({"model": "m", "block_hashes": keys}).to_string())
             .collect();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         let mut handles = Vec::new();
@@ -201,6 +382,11 @@ fn http_bench(chains: &[Vec<u64>]) -> (f64, f64) {
                 lat.push(d);
             }
         }
+        assert!(
+            lat.len() > 2900,
+            "{} of 3000 routes answered 200",
+            lat.len()
+        );
         lat.sort();
         (
             percentile(&lat, 0.5).as_secs_f64() * 1e3,

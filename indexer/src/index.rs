@@ -1,27 +1,64 @@
-//! The global block index: key -> pods holding it (with medium), concurrent lookups while
-//! ingesting, bounded memory, per-pod bookkeeping for clears.
+//! The global block index: key -> engines holding it (with medium), concurrent lookups
+//! while ingesting, bounded memory, per-engine bookkeeping for clears.
 //!
 //! Keys are the u64 values the shared crate computes for a request
 //! (`RequestKeys::block_hashes`), so lookups need no translation; ingestion maps engine
-//! hashes to these keys when they differ. Each key holds two pod bitmasks (GPU, lower
-//! tiers) instead of a list: a million blocks then cost ~60 bytes each whatever the number
-//! of pods holding them, and a prefix match is a running AND over the request's keys. The
-//! price is a ceiling of [`MAX_PODS`] engines per indexer (run one indexer per model pool
-//! beyond that). Keys are hash values already, so the maps do not hash them again. Shards keep ingestion from
-//! blocking lookups; each shard forgets its oldest keys first when over its share of the
-//! bound.
+//! hashes to these keys when they differ.
+//!
+//! **Holders.** Engines get dense slot numbers. A key's holders fit in 8 bytes: up to
+//! [`INLINE`] slot ids (below 16,384) with their tiers (GPU, lower) inline, which is every
+//! key of the seed's fleet (a block is held by one engine, a hot prefix by two or three);
+//! a key held by more spills to a pair of bitmaps over the slots (GPU, lower), 2 bits an
+//! engine, in a slab beside the table. So an entry costs the same at 8 engines as at
+//! 1,024, and there is no engine ceiling.
+//!
+//! **The table** is open addressing with linear probing over 16-byte (key, holders)
+//! cells, four to a cache line, so that a prefix match can prefetch the cells of the keys
+//! ahead of the one it checks: a 112-key lookup is latency-bound on memory, not on work.
+//! docs/scaling.md measures it against NVIDIA Dynamo's compressed radix tree.
+//!
+//! **Prefix match**: one pass over the request's keys under one read lock, following the
+//! engines still holding every key so far (a handful, or bitmap words when the first key
+//! is spilled), stopping when none is left.
+//!
+//! **Clears are proportional to the engine.** Each engine keeps the log of keys it
+//! stored, oldest first (removals leave stale entries, compacted when they outnumber the
+//! live ones), so a restart clear or a drop visits that engine's keys only, never the
+//! whole table. The same log gives the bound: each engine keeps at most its share of
+//! `max_entries` (block, engine) entries and forgets its oldest first.
 
-use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, VecDeque};
+use parking_lot::RwLock;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use crate::types::PodId;
 
 /// Where a cached block lives on its pod.
 pub use kvroute_kvevents::Medium;
 
-/// Engines one index can track (bits of a holder mask).
-pub const MAX_PODS: usize = 64;
-const SHARDS: usize = 16;
+/// Holders a key keeps inline before spilling to bitmaps.
+pub const INLINE: usize = 4;
+/// An inline holder word: slot id in the low 14 bits, then the GPU and lower-tier flags.
+const W_GPU: u16 = 1 << 14;
+const W_LOWER: u16 = 1 << 15;
+const W_SLOT: u16 = W_GPU - 1;
+/// Slots that fit an inline word; engines numbered past it are held in bitmaps only.
+const INLINE_SLOTS: u32 = 1 << 14;
+/// Tier flags as the functions below pass them.
+const GPU: u8 = 1;
+const LOWER: u8 = 2;
+const TIERS: u8 = GPU | LOWER;
+/// Engines one index can number (no practical ceiling).
+pub const MAX_ENGINES: usize = u32::MAX as usize;
+/// First word of a spilled key: no tier flag, so never a holder; the other three words
+/// are the slab index.
+const SPILLED: u16 = 1;
+/// Log entries past twice the live ones (plus this) trigger a compaction.
+const LOG_SLACK: usize = 1024;
+/// Keys a prefix match prefetches ahead of the one it checks.
+const PREFETCH_AHEAD: usize = 12;
+/// The table's smallest size; it grows past 3/4 full and shrinks below 1/8.
+const MIN_CELLS: usize = 64;
 
 /// One index mutation, as ingestion produces them from KV events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,316 +98,790 @@ pub trait PodIndex: Send + Sync {
     fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)>;
 }
 
+/// A key's holders: [`INLINE`] holder words packed at the front (0 = none), or
+/// `[SPILLED, slab index in three words]`. All zero: an empty table cell.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Holders {
-    gpu: u64,
-    lower: u64,
+struct Holders([u16; INLINE]);
+
+fn word(slot: u32, tiers: u8) -> u16 {
+    slot as u16 | (u16::from(tiers & GPU) * W_GPU) | (u16::from((tiers & LOWER) >> 1) * W_LOWER)
+}
+
+fn word_tiers(w: u16) -> u8 {
+    (u8::from(w & W_GPU != 0) * GPU) | (u8::from(w & W_LOWER != 0) * LOWER)
 }
 
 impl Holders {
-    fn any(&self) -> u64 {
-        self.gpu | self.lower
+    fn spill(index: usize) -> Self {
+        let i = index as u64;
+        Self([SPILLED, i as u16, (i >> 16) as u16, (i >> 32) as u16])
     }
-}
 
-/// Keys are uniform hash values: use them as their own hash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
+    fn spilled(&self) -> Option<usize> {
+        (self.0[0] == SPILLED).then(|| {
+            (u64::from(self.0[1]) | u64::from(self.0[2]) << 16 | u64::from(self.0[3]) << 32)
+                as usize
+        })
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
+
+    fn is_empty(&self) -> bool {
+        self.0[0] == 0
+    }
+
+    /// Tiers of `slot` on this key (0: not held).
+    #[inline]
+    fn tiers(&self, slot: u32, wide: &[Wide]) -> u8 {
+        match self.spilled() {
+            Some(i) => wide[i].tiers(slot),
+            None => self
+                .0
+                .iter()
+                .take_while(|&&w| w != 0)
+                .find(|&&w| u32::from(w & W_SLOT) == slot)
+                .map_or(0, |&w| word_tiers(w)),
         }
     }
-    fn write_u64(&mut self, v: u64) {
-        // The shard index uses the low bits; spread the rest for the table.
-        self.0 = v.rotate_right(4);
+
+    /// (GPU, any tier) bits of the slots in bitmap word `word`.
+    #[inline]
+    fn word_bits(&self, word: usize, wide: &[Wide]) -> (u64, u64) {
+        match self.spilled() {
+            Some(i) => wide[i].word_bits(word),
+            None => {
+                let (mut gpu, mut any) = (0, 0);
+                for &w in self.0.iter().take_while(|&&w| w != 0) {
+                    let slot = usize::from(w & W_SLOT);
+                    if slot / 64 == word {
+                        let bit = 1u64 << (slot % 64);
+                        any |= bit;
+                        if w & W_GPU != 0 {
+                            gpu |= bit;
+                        }
+                    }
+                }
+                (gpu, any)
+            }
+        }
     }
 }
 
-type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
-
-#[derive(Default)]
-struct Shard {
-    map: KeyMap<Holders>,
-    /// Insertion order, for forgetting the oldest keys first. May hold keys removed since;
-    /// compacted when it grows past twice the live keys.
-    order: VecDeque<u64>,
+/// A spilled key's holders: per 64 slots, a GPU word then a lower-tier word.
+#[derive(Debug, Default)]
+struct Wide {
+    words: Vec<u64>,
+    holders: u32,
 }
 
-/// Pod <-> bit slot.
-#[derive(Default)]
-struct Slots {
-    by_pod: HashMap<PodId, usize>,
-    pods: Vec<Option<PodId>>,
+impl Wide {
+    fn tiers(&self, slot: u32) -> u8 {
+        let (w, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        let gpu = self.words.get(2 * w).is_some_and(|g| g & bit != 0);
+        let lower = self.words.get(2 * w + 1).is_some_and(|l| l & bit != 0);
+        (u8::from(gpu) * GPU) | (u8::from(lower) * LOWER)
+    }
+
+    fn word_bits(&self, word: usize) -> (u64, u64) {
+        let gpu = self.words.get(2 * word).copied().unwrap_or(0);
+        let lower = self.words.get(2 * word + 1).copied().unwrap_or(0);
+        (gpu, gpu | lower)
+    }
+
+    /// Sets the tiers of `slot` to exactly `tiers`.
+    fn set(&mut self, slot: u32, tiers: u8) {
+        let (w, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        let was = self.tiers(slot) != 0;
+        if self.words.len() < 2 * w + 2 {
+            self.words.resize(2 * w + 2, 0);
+        }
+        for (i, flag) in [(2 * w, GPU), (2 * w + 1, LOWER)] {
+            if tiers & flag != 0 {
+                self.words[i] |= bit;
+            } else {
+                self.words[i] &= !bit;
+            }
+        }
+        match (was, tiers != 0) {
+            (false, true) => self.holders += 1,
+            (true, false) => self.holders -= 1,
+            _ => {}
+        }
+    }
+
+    /// Every holder: (slot, tiers).
+    fn holders(&self) -> impl Iterator<Item = (u32, u8)> + '_ {
+        (0..self.words.len() / 2).flat_map(move |w| {
+            let mut any = self.words[2 * w] | self.words[2 * w + 1];
+            std::iter::from_fn(move || {
+                (any != 0).then(|| {
+                    let slot = (w * 64) as u32 + any.trailing_zeros();
+                    any &= any - 1;
+                    (slot, self.tiers(slot))
+                })
+            })
+        })
+    }
+
+    /// The same holders inline, if they fit.
+    fn inline(&self) -> Option<Holders> {
+        if self.holders as usize > INLINE {
+            return None;
+        }
+        let mut h = Holders::default();
+        for (dst, (slot, tiers)) in h.0.iter_mut().zip(self.holders()) {
+            if slot >= INLINE_SLOTS {
+                return None;
+            }
+            *dst = word(slot, tiers);
+        }
+        Some(h)
+    }
 }
 
-/// The key -> holders map, sharded.
+/// One cell of the table.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct Cell {
+    key: u64,
+    holders: Holders,
+}
+
+/// key -> holders, open addressing with linear probing and backward-shift deletion (no
+/// tombstones). Keys are hash values already; a per-index seed still mixes them so that
+/// chosen keys cannot pile onto one probe run.
+struct Table {
+    cells: Vec<Cell>,
+    len: usize,
+    seed: u64,
+    shift: u32,
+}
+
+impl Table {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1;
+        Self::with_cells(MIN_CELLS, seed)
+    }
+
+    fn with_cells(cells: usize, seed: u64) -> Self {
+        Self {
+            cells: vec![Cell::default(); cells],
+            len: 0,
+            seed,
+            shift: 64 - cells.trailing_zeros(),
+        }
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        ((key ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.cells.len() - 1
+    }
+
+    /// The cell holding `key`, or the empty cell ending its probe run.
+    #[inline]
+    fn find(&self, key: u64) -> (usize, bool) {
+        let mut i = self.home(key);
+        loop {
+            let c = &self.cells[i];
+            if c.holders.is_empty() {
+                return (i, false);
+            }
+            if c.key == key {
+                return (i, true);
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<&Holders> {
+        match self.find(key) {
+            (i, true) => Some(&self.cells[i].holders),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut Holders> {
+        match self.find(key) {
+            (i, true) => Some(&mut self.cells[i].holders),
+            _ => None,
+        }
+    }
+
+    /// Asks the CPU to bring `key`'s home cell into cache.
+    #[inline]
+    fn prefetch(&self, key: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let cell: *const Cell = &self.cells[self.home(key)];
+            // SAFETY: a prefetch is a hint: it never faults and reads nothing the program
+            // sees, and the address is in bounds anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(cell.cast())
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
+    }
+
+    /// The index of `key`'s cell, claimed (with no holders yet) if absent: the caller
+    /// fills its holders through that index before the table is read again.
+    fn claim(&mut self, key: u64) -> usize {
+        if (self.len + 1) * 4 > self.cells.len() * 3 {
+            self.resize(self.cells.len() * 2);
+        }
+        let (i, found) = self.find(key);
+        if !found {
+            self.cells[i].key = key;
+            self.len += 1;
+        }
+        i
+    }
+
+    fn remove(&mut self, key: u64) {
+        let (mut i, found) = self.find(key);
+        if !found {
+            return;
+        }
+        let mask = self.mask();
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            if self.cells[j].holders.is_empty() {
+                break;
+            }
+            let home = self.home(self.cells[j].key);
+            // Move j back to i unless its home lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.cells[i] = self.cells[j];
+                i = j;
+            }
+        }
+        self.cells[i] = Cell::default();
+        self.len -= 1;
+        if self.cells.len() > MIN_CELLS && self.len * 8 < self.cells.len() {
+            self.resize(self.cells.len() / 2);
+        }
+    }
+
+    fn resize(&mut self, cells: usize) {
+        let mut next = Table::with_cells(cells.max(MIN_CELLS), self.seed);
+        for c in self.cells.iter().filter(|c| !c.holders.is_empty()) {
+            let (i, _) = next.find(c.key);
+            next.cells[i] = *c;
+            next.len += 1;
+        }
+        *self = next;
+    }
+}
+
+/// One engine's bookkeeping.
+struct Engine {
+    pod: PodId,
+    /// Keys it stored, oldest first; may hold keys removed since (see `LOG_SLACK`).
+    log: VecDeque<u64>,
+    /// Keys it holds on any tier, on the GPU, on a lower tier.
+    held: usize,
+    gpu: usize,
+    lower: usize,
+}
+
+struct Inner {
+    table: Table,
+    /// Spilled holder sets, indexed from `Holders`; freed ones are listed in `wide_free`.
+    wide: Vec<Wide>,
+    wide_free: Vec<usize>,
+    engines: Vec<Option<Engine>>,
+    /// Slots freed by dropped engines, lowest first.
+    free_slots: BinaryHeap<Reverse<u32>>,
+    by_pod: HashMap<PodId, u32>,
+    /// (block, engine) entries: the sum of the engines' `held`.
+    entries: usize,
+}
+
+/// The key -> holders table.
 pub struct BlockIndex {
-    shards: Vec<RwLock<Shard>>,
-    slots: RwLock<Slots>,
-    max_entries_per_shard: usize,
-    /// Serializes slot allocation with the clearing of a freed slot's bits.
-    slot_lock: Mutex<()>,
-    full_pods_dropped: std::sync::atomic::AtomicU64,
+    inner: RwLock<Inner>,
+    max_entries: usize,
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl BlockIndex {
-    /// An index that keeps at most about `max_entries` keys.
+    /// An index that keeps at most about `max_entries` (block, engine) entries.
     pub fn new(max_entries: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
-            slots: RwLock::new(Slots::default()),
-            max_entries_per_shard: (max_entries / SHARDS).max(1),
-            slot_lock: Mutex::new(()),
-            full_pods_dropped: std::sync::atomic::AtomicU64::new(0),
+            inner: RwLock::new(Inner {
+                table: Table::new(),
+                wide: Vec::new(),
+                wide_free: Vec::new(),
+                engines: Vec::new(),
+                free_slots: BinaryHeap::new(),
+                by_pod: HashMap::new(),
+                entries: 0,
+            }),
+            max_entries: max_entries.max(1),
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: u64) -> &RwLock<Shard> {
-        // Keys are hash values already: their low bits are uniform.
-        &self.shards[(key as usize) % SHARDS]
+    /// (block, engine) entries held, the unit of `max_entries`.
+    pub fn pod_entries(&self) -> usize {
+        read(&self.inner).entries
     }
 
-    fn slot_of(&self, pod: &PodId) -> Option<usize> {
-        self.slots.read().by_pod.get(pod).copied()
+    /// Spilled holder sets alive (tests: they go back inline).
+    #[cfg(test)]
+    fn read_spill_slab_len(&self) -> usize {
+        let inner = read(&self.inner);
+        inner.wide.len() - inner.wide_free.len()
     }
 
-    fn slot_or_assign(&self, pod: &PodId) -> Option<usize> {
-        if let Some(slot) = self.slot_of(pod) {
+    /// Engines that could not be numbered ([`MAX_ENGINES`] already were).
+    pub fn pods_refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn slot_or_assign(&mut self, pod: &PodId) -> Option<u32> {
+        if let Some(&slot) = self.by_pod.get(pod) {
             return Some(slot);
         }
-        let _guard = self.slot_lock.lock();
-        let mut slots = self.slots.write();
-        if let Some(slot) = slots.by_pod.get(pod) {
-            return Some(*slot);
-        }
-        let free = slots.pods.iter().position(Option::is_none);
-        let slot = match free {
-            Some(s) => s,
-            None if slots.pods.len() < MAX_PODS => {
-                slots.pods.push(None);
-                slots.pods.len() - 1
+        // The lowest free slot, so slots stay inline and bitmaps as short as the fleet.
+        let slot = match self.free_slots.pop() {
+            Some(Reverse(s)) => s as usize,
+            None if self.engines.len() < MAX_ENGINES => {
+                self.engines.push(None);
+                self.engines.len() - 1
+            }
+            None => return None,
+        };
+        self.engines[slot] = Some(Engine {
+            pod: pod.clone(),
+            log: VecDeque::new(),
+            held: 0,
+            gpu: 0,
+            lower: 0,
+        });
+        self.by_pod.insert(pod.clone(), slot as u32);
+        Some(slot as u32)
+    }
+
+    fn alloc_wide(&mut self, wide: Wide) -> usize {
+        match self.wide_free.pop() {
+            Some(i) => {
+                self.wide[i] = wide;
+                i
             }
             None => {
-                self.full_pods_dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return None;
+                self.wide.push(wide);
+                self.wide.len() - 1
+            }
+        }
+    }
+
+    /// Adds tier `flag` of `slot` to `key`; returns the tiers it had before.
+    fn add(&mut self, key: u64, slot: u32, flag: u8) -> u8 {
+        let cell = self.table.claim(key);
+        let mut h = self.table.cells[cell].holders;
+        if let Some(i) = h.spilled() {
+            let wide = &mut self.wide[i];
+            let old = wide.tiers(slot);
+            wide.set(slot, old | flag);
+            return old;
+        }
+        let used = h.0.iter().take_while(|&&w| w != 0).count();
+        if let Some(w) = h.0[..used]
+            .iter_mut()
+            .find(|w| u32::from(**w & W_SLOT) == slot)
+        {
+            let old = word_tiers(*w);
+            *w |= word(0, flag);
+            self.table.cells[cell].holders = h;
+            return old;
+        }
+        if used < INLINE && slot < INLINE_SLOTS {
+            h.0[used] = word(slot, flag);
+            self.table.cells[cell].holders = h;
+            return 0;
+        }
+        let mut wide = Wide::default();
+        for &w in &h.0[..used] {
+            wide.set(u32::from(w & W_SLOT), word_tiers(w));
+        }
+        wide.set(slot, flag);
+        let i = self.alloc_wide(wide);
+        self.table.cells[cell].holders = Holders::spill(i);
+        0
+    }
+
+    fn set_holders(&mut self, key: u64, h: Holders) {
+        if let Some(cell) = self.table.get_mut(key) {
+            *cell = h;
+        }
+    }
+
+    /// Removes tiers `mask` of `slot` from `key`; returns the tiers before and after.
+    fn remove(&mut self, key: u64, slot: u32, mask: u8) -> (u8, u8) {
+        let Some(&h) = self.table.get(key) else {
+            return (0, 0);
+        };
+        let (old, next) = match h.spilled() {
+            Some(i) => {
+                let wide = &mut self.wide[i];
+                let old = wide.tiers(slot);
+                wide.set(slot, old & !mask);
+                let next = if wide.holders == 0 {
+                    Some(Holders::default())
+                } else {
+                    wide.inline()
+                };
+                if next.is_some() {
+                    self.wide[i] = Wide::default();
+                    self.wide_free.push(i);
+                }
+                (old, next)
+            }
+            None => {
+                let mut h = h;
+                let used = h.0.iter().take_while(|&&w| w != 0).count();
+                let Some(at) = h.0[..used]
+                    .iter()
+                    .position(|&w| u32::from(w & W_SLOT) == slot)
+                else {
+                    return (0, 0);
+                };
+                let old = word_tiers(h.0[at]);
+                let left = old & !mask;
+                if left != 0 {
+                    h.0[at] = word(slot, left);
+                } else {
+                    // Keep the words packed at the front.
+                    h.0.copy_within(at + 1..used, at);
+                    h.0[used - 1] = 0;
+                }
+                (old, Some(h))
             }
         };
-        slots.pods[slot] = Some(pod.clone());
-        slots.by_pod.insert(pod.clone(), slot);
-        Some(slot)
+        match next {
+            Some(h) if h.is_empty() => self.table.remove(key),
+            Some(h) => self.set_holders(key, h),
+            None => {}
+        }
+        (old, old & !mask)
     }
 
-    fn store(&self, slot: usize, keys: &[u64], medium: Medium) {
-        let bit = 1u64 << slot;
-        // One lock per shard touched, not per key.
-        let mut by_shard: [Vec<u64>; SHARDS] = Default::default();
+    /// Books a change of `slot`'s tiers on one key in its engine's counters.
+    fn account(&mut self, slot: u32, key: u64, old: u8, new: u8) {
+        let Some(e) = self.engines[slot as usize].as_mut() else {
+            return;
+        };
+        let delta = |was: bool, is: bool| i64::from(is) - i64::from(was);
+        e.gpu = (e.gpu as i64 + delta(old & GPU != 0, new & GPU != 0)) as usize;
+        e.lower = (e.lower as i64 + delta(old & LOWER != 0, new & LOWER != 0)) as usize;
+        match (old != 0, new != 0) {
+            (false, true) => {
+                e.held += 1;
+                e.log.push_back(key);
+                self.entries += 1;
+            }
+            (true, false) => {
+                e.held -= 1;
+                self.entries -= 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn store(&mut self, slot: u32, keys: &[u64], medium: Medium, max_entries: usize) {
+        let flag = match medium {
+            Medium::Gpu => GPU,
+            Medium::Cpu | Medium::Storage => LOWER,
+        };
         for &key in keys {
-            by_shard[(key as usize) % SHARDS].push(key);
+            let old = self.add(key, slot, flag);
+            self.account(slot, key, old, old | flag);
         }
-        for (i, keys) in by_shard.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
-            let mut shard = self.shards[i].write();
-            let shard = &mut *shard;
-            for &key in keys {
-                let holders = match shard.map.get_mut(&key) {
-                    Some(h) => h,
-                    None => {
-                        shard.order.push_back(key);
-                        shard.map.entry(key).or_default()
-                    }
-                };
-                match medium {
-                    Medium::Gpu => holders.gpu |= bit,
-                    Medium::Cpu | Medium::Storage => holders.lower |= bit,
-                }
-            }
-            self.enforce_bound(shard);
-        }
+        self.enforce_bound(slot, max_entries);
+        self.compact(slot);
     }
 
-    fn enforce_bound(&self, shard: &mut Shard) {
-        while shard.map.len() > self.max_entries_per_shard {
-            match shard.order.pop_front() {
-                Some(old) => {
-                    shard.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        if shard.order.len() > 2 * shard.map.len() + 1024 {
-            let map = &shard.map;
-            let mut seen = std::collections::HashSet::<u64, std::hash::BuildHasherDefault<KeyHasher>>::with_capacity_and_hasher(
-                map.len(),
-                Default::default(),
-            );
-            shard
-                .order
-                .retain(|k| map.contains_key(k) && seen.insert(*k));
-        }
-    }
-
-    fn remove(&self, slot: usize, keys: &[u64], medium: Option<Medium>) {
-        let bit = !(1u64 << slot);
+    fn remove_keys(&mut self, slot: u32, keys: &[u64], mask: u8) {
         for &key in keys {
-            let mut shard = self.shard(key).write();
-            if let Some(h) = shard.map.get_mut(&key) {
-                match medium {
-                    Some(Medium::Gpu) => h.gpu &= bit,
-                    Some(Medium::Cpu | Medium::Storage) => h.lower &= bit,
-                    None => {
-                        h.gpu &= bit;
-                        h.lower &= bit;
-                    }
+            let (old, new) = self.remove(key, slot, mask);
+            self.account(slot, key, old, new);
+        }
+        self.compact(slot);
+    }
+
+    /// Forgets `slot`'s oldest keys while it holds more than its share of `max_entries`.
+    /// (An engine over a share that shrank since, as engines joined, is trimmed at its
+    /// next store: the total stays about `max_entries`.)
+    fn enforce_bound(&mut self, slot: u32, max_entries: usize) {
+        let share = (max_entries / self.by_pod.len().max(1)).max(1);
+        loop {
+            let Some(e) = self.engines[slot as usize].as_mut() else {
+                return;
+            };
+            if e.held <= share {
+                return;
+            }
+            let Some(key) = e.log.pop_front() else {
+                return;
+            };
+            let (old, new) = self.remove(key, slot, TIERS);
+            self.account(slot, key, old, new);
+        }
+    }
+
+    /// Drops stale log entries (keys removed since, older duplicates) once they
+    /// outnumber the live ones.
+    fn compact(&mut self, slot: u32) {
+        let Some(e) = self.engines[slot as usize].as_mut() else {
+            return;
+        };
+        if e.log.len() <= 2 * e.held + LOG_SLACK {
+            return;
+        }
+        let log = std::mem::take(&mut e.log);
+        let mut seen: HashSet<u64> = HashSet::with_capacity(e.held);
+        let mut kept: Vec<u64> = log
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&k| {
+                self.table
+                    .get(k)
+                    .is_some_and(|h| h.tiers(slot, &self.wide) != 0)
+                    && seen.insert(k)
+            })
+            .collect();
+        kept.reverse();
+        if let Some(e) = self.engines[slot as usize].as_mut() {
+            e.log = kept.into();
+        }
+    }
+
+    /// Forgets every key of `slot`: a walk over its own log, not the table.
+    fn clear(&mut self, slot: u32) {
+        let Some(e) = self.engines[slot as usize].as_mut() else {
+            return;
+        };
+        let mut log = std::mem::take(&mut e.log);
+        for &key in &log {
+            self.remove(key, slot, TIERS);
+        }
+        log.clear();
+        if let Some(e) = self.engines[slot as usize].as_mut() {
+            self.entries -= e.held;
+            (e.held, e.gpu, e.lower) = (0, 0, 0);
+            e.log = log;
+        }
+    }
+
+    /// The holders of key `i`, with the cells of the keys ahead already asked for.
+    #[inline]
+    fn holders_at(&self, keys: &[u64], i: usize) -> Option<&Holders> {
+        if let Some(&ahead) = keys.get(i + PREFETCH_AHEAD) {
+            self.table.prefetch(ahead);
+        }
+        self.table.get(keys[i])
+    }
+
+    /// Runs of each engine holding the first key, when it is held inline.
+    fn match_few(&self, first: &Holders, keys: &[u64]) -> Vec<(u32, usize, usize)> {
+        const ALIVE: usize = usize::MAX;
+        // (slot, gpu run, any-tier run); ALIVE while the run goes on.
+        let mut runs: Vec<(u32, usize, usize)> = first
+            .0
+            .iter()
+            .take_while(|&&w| w != 0)
+            .map(|&w| {
+                let gpu = if w & W_GPU != 0 { ALIVE } else { 0 };
+                (u32::from(w & W_SLOT), gpu, ALIVE)
+            })
+            .collect();
+        let mut alive = runs.len();
+        for i in 1..keys.len() {
+            let h = self.holders_at(keys, i);
+            for (slot, gpu, any) in runs.iter_mut().filter(|r| r.2 == ALIVE) {
+                let tiers = h.map_or(0, |h| h.tiers(*slot, &self.wide));
+                if tiers == 0 {
+                    *any = i;
+                    alive -= 1;
                 }
-                if h.any() == 0 {
-                    shard.map.remove(&key);
+                if tiers & GPU == 0 && *gpu == ALIVE {
+                    *gpu = i;
+                }
+            }
+            if alive == 0 {
+                break;
+            }
+        }
+        for (_, gpu, any) in &mut runs {
+            for run in [gpu, any] {
+                if *run == ALIVE {
+                    *run = keys.len();
                 }
             }
         }
+        runs
     }
 
-    fn clear_slot(&self, slot: usize) {
-        let bit = !(1u64 << slot);
-        for shard in &self.shards {
-            let mut shard = shard.write();
-            shard.map.retain(|_, h| {
-                h.gpu &= bit;
-                h.lower &= bit;
-                h.any() != 0
-            });
+    /// The same for a spilled first key: bitmap words of the engines still holding every
+    /// key so far, narrowed to the words still non-zero.
+    fn match_wide(&self, first: &Wide, keys: &[u64]) -> Vec<(u32, usize, usize)> {
+        let words = first.words.len() / 2;
+        let mut alive_gpu: Vec<u64> = (0..words).map(|w| first.word_bits(w).0).collect();
+        let mut alive_any: Vec<u64> = (0..words).map(|w| first.word_bits(w).1).collect();
+        let mut ends_gpu: Vec<(u32, usize)> = Vec::new();
+        let mut ends_any: Vec<(u32, usize)> = Vec::new();
+        let record = |ends: &mut Vec<(u32, usize)>, w: usize, mut bits: u64, at: usize| {
+            while bits != 0 {
+                ends.push(((w * 64) as u32 + bits.trailing_zeros(), at));
+                bits &= bits - 1;
+            }
+        };
+        let (mut lo, mut hi) = (0, words);
+        for i in 1..keys.len() {
+            let h = self.holders_at(keys, i);
+            for w in lo..hi {
+                let (gpu, any) = h.map_or((0, 0), |h| h.word_bits(w, &self.wide));
+                record(&mut ends_gpu, w, alive_gpu[w] & !gpu, i);
+                record(&mut ends_any, w, alive_any[w] & !any, i);
+                alive_gpu[w] &= gpu;
+                alive_any[w] &= any;
+            }
+            while lo < hi && alive_any[lo] == 0 {
+                lo += 1;
+            }
+            while hi > lo && alive_any[hi - 1] == 0 {
+                hi -= 1;
+            }
+            if lo == hi {
+                break;
+            }
         }
-    }
-
-    /// Engines that could not be tracked because [`MAX_PODS`] were already.
-    pub fn pods_refused(&self) -> u64 {
-        self.full_pods_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
+        for w in lo..hi {
+            record(&mut ends_gpu, w, alive_gpu[w], keys.len());
+            record(&mut ends_any, w, alive_any[w], keys.len());
+        }
+        ends_gpu.sort_unstable();
+        ends_any
+            .into_iter()
+            .map(|(slot, any)| {
+                let gpu = ends_gpu
+                    .binary_search_by_key(&slot, |e| e.0)
+                    .map_or(0, |i| ends_gpu[i].1);
+                (slot, gpu, any)
+            })
+            .collect()
     }
 }
 
 impl PodIndex for BlockIndex {
     fn apply(&self, pod: &PodId, op: IndexOp) {
+        let mut inner = write(&self.inner);
         match op {
-            IndexOp::Store { keys, medium } => {
-                if let Some(slot) = self.slot_or_assign(pod) {
-                    self.store(slot, &keys, medium);
+            IndexOp::Store { keys, medium } => match inner.slot_or_assign(pod) {
+                Some(slot) => inner.store(slot, &keys, medium, self.max_entries),
+                None => {
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-            }
+            },
             IndexOp::Remove { keys, medium } => {
-                if let Some(slot) = self.slot_of(pod) {
-                    self.remove(slot, &keys, medium);
+                if let Some(&slot) = inner.by_pod.get(pod) {
+                    let mask = match medium {
+                        Some(Medium::Gpu) => GPU,
+                        Some(Medium::Cpu | Medium::Storage) => LOWER,
+                        None => TIERS,
+                    };
+                    inner.remove_keys(slot, &keys, mask);
                 }
             }
             IndexOp::ClearPod => {
-                if let Some(slot) = self.slot_of(pod) {
-                    self.clear_slot(slot);
+                if let Some(&slot) = inner.by_pod.get(pod) {
+                    inner.clear(slot);
                 }
             }
         }
     }
 
     fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
-        let mut alive_any = u64::MAX;
-        let mut alive_gpu = u64::MAX;
-        let mut gpu_run = [0usize; MAX_PODS];
-        let mut any_run = [0usize; MAX_PODS];
-        for (i, &key) in keys.iter().enumerate() {
-            let h = self
-                .shard(key)
-                .read()
-                .map
-                .get(&key)
-                .copied()
-                .unwrap_or_default();
-            let (ended_any, ended_gpu) = (alive_any & !h.any(), alive_gpu & !h.gpu);
-            record_ends(ended_any, i, &mut any_run);
-            record_ends(ended_gpu, i, &mut gpu_run);
-            alive_any &= h.any();
-            alive_gpu &= h.gpu;
-            if alive_any == 0 {
-                break;
-            }
+        let inner = read(&self.inner);
+        for &k in keys.iter().take(PREFETCH_AHEAD) {
+            inner.table.prefetch(k);
         }
-        record_ends(alive_any, keys.len(), &mut any_run);
-        record_ends(alive_gpu, keys.len(), &mut gpu_run);
-        let slots = self.slots.read();
-        slots
-            .pods
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, pod)| {
-                let pod = pod.as_ref()?;
-                (any_run[slot] > 0).then(|| PodMatch {
-                    pod: pod.clone(),
-                    gpu_blocks: gpu_run[slot],
-                    any_tier_blocks: any_run[slot],
+        let Some(first) = keys.first().and_then(|&k| inner.table.get(k)) else {
+            return Vec::new();
+        };
+        let runs = match first.spilled() {
+            Some(i) => inner.match_wide(&inner.wide[i], keys),
+            None => inner.match_few(first, keys),
+        };
+        runs.into_iter()
+            .filter_map(|(slot, gpu, any)| {
+                let e = inner.engines.get(slot as usize)?.as_ref()?;
+                Some(PodMatch {
+                    pod: e.pod.clone(),
+                    gpu_blocks: gpu,
+                    any_tier_blocks: any,
                 })
             })
             .collect()
     }
 
     fn drop_pod(&self, pod: &PodId) {
-        let _guard = self.slot_lock.lock();
-        let slot = self.slots.write().by_pod.remove(pod);
-        if let Some(slot) = slot {
-            self.clear_slot(slot);
-            self.slots.write().pods[slot] = None;
+        let mut inner = write(&self.inner);
+        if let Some(slot) = inner.by_pod.remove(pod) {
+            inner.clear(slot);
+            inner.engines[slot as usize] = None;
+            inner.free_slots.push(Reverse(slot));
         }
-    }
-
-    fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)> {
-        let slots = self.slots.read();
-        let mut counts = vec![(0usize, 0usize); slots.pods.len()];
-        for shard in &self.shards {
-            for h in shard.read().map.values() {
-                for (slot, c) in counts.iter_mut().enumerate() {
-                    let bit = 1u64 << slot;
-                    if h.gpu & bit != 0 {
-                        c.0 += 1;
-                    }
-                    if h.lower & bit != 0 {
-                        c.1 += 1;
-                    }
-                }
-            }
-        }
-        slots
-            .pods
-            .iter()
-            .zip(counts)
-            .filter_map(|(p, c)| p.clone().map(|p| (p, c)))
-            .collect()
     }
 
     fn entries(&self) -> usize {
-        self.shards.iter().map(|s| s.read().map.len()).sum()
+        read(&self.inner).table.len
+    }
+
+    fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)> {
+        read(&self.inner)
+            .engines
+            .iter()
+            .flatten()
+            .map(|e| (e.pod.clone(), (e.gpu, e.lower)))
+            .collect()
     }
 }
 
-/// Pods in `ended` held the prefix up to (not including) key `at`.
-fn record_ends(mut ended: u64, at: usize, runs: &mut [usize; MAX_PODS]) {
-    while ended != 0 {
-        let slot = ended.trailing_zeros() as usize;
-        ended &= ended - 1;
-        if slot < MAX_PODS && runs[slot] == 0 {
-            runs[slot] = at;
-        }
-    }
+fn read<T>(lock: &RwLock<T>) -> parking_lot::RwLockReadGuard<'_, T> {
+    lock.read()
+}
+
+fn write<T>(lock: &RwLock<T>) -> parking_lot::RwLockWriteGuard<'_, T> {
+    lock.write()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pod(n: u8) -> PodId {
+    fn pod(n: usize) -> PodId {
         PodId {
-            endpoint: format!("10.0.0.{n}:8000").into(),
+            endpoint: format!("10.0.{}.{}:8000", n / 256, n % 256).into(),
             dp_rank: 0,
         }
     }
@@ -379,6 +890,16 @@ mod tests {
         index.apply(
             p,
             IndexOp::Store {
+                keys: keys.to_vec(),
+                medium,
+            },
+        );
+    }
+
+    fn remove(index: &BlockIndex, p: &PodId, keys: &[u64], medium: Option<Medium>) {
+        index.apply(
+            p,
+            IndexOp::Remove {
                 keys: keys.to_vec(),
                 medium,
             },
@@ -418,30 +939,198 @@ mod tests {
         let index = BlockIndex::new(1_000);
         store(&index, &pod(1), &[1, 2, 3], Medium::Gpu);
         store(&index, &pod(2), &[1, 2, 3], Medium::Gpu);
-        index.apply(
-            &pod(1),
-            IndexOp::Remove {
-                keys: vec![2],
-                medium: None,
-            },
-        );
+        remove(&index, &pod(1), &[2], None);
         assert_eq!(runs(&index, &[1, 2, 3])[0].1, 1);
         index.apply(&pod(2), IndexOp::ClearPod);
         assert_eq!(runs(&index, &[1, 2, 3]).len(), 1);
         index.drop_pod(&pod(1));
         assert!(runs(&index, &[1, 2, 3]).is_empty());
         assert_eq!(index.entries(), 0);
+        assert_eq!(index.pod_entries(), 0);
     }
 
     #[test]
-    fn the_oldest_keys_go_first_when_full() {
-        let index = BlockIndex::new(SHARDS * 4);
-        let keys: Vec<u64> = (0..(SHARDS as u64 * 8)).collect();
+    fn each_engine_keeps_its_share_and_forgets_its_oldest_first() {
+        let index = BlockIndex::new(64);
+        let keys: Vec<u64> = (0..200).collect();
         store(&index, &pod(1), &keys, Medium::Gpu);
-        assert!(index.entries() <= SHARDS * 4);
-        // The newest keys survive.
-        let last = *keys.last().unwrap();
-        assert_eq!(runs(&index, &[last]).len(), 1);
+        assert_eq!(index.pod_entries(), 64);
+        assert_eq!(runs(&index, &[199]).len(), 1); // the newest survive
         assert!(runs(&index, &[0]).is_empty());
+        // A second engine halves the share; the first is trimmed when it next stores.
+        store(&index, &pod(2), &keys[..10], Medium::Gpu);
+        store(&index, &pod(1), &[1_000], Medium::Gpu);
+        let blocks = index.blocks_per_pod();
+        assert_eq!(blocks[&pod(1)], (32, 0));
+        assert_eq!(blocks[&pod(2)], (10, 0));
+    }
+
+    #[test]
+    fn no_engine_ceiling_a_key_held_by_1100_engines_spills_and_comes_back() {
+        let index = BlockIndex::new(1 << 20);
+        let chain = [7u64, 8, 9];
+        for e in 0..1_100 {
+            // Engine e holds e % 4 keys of the chain on the GPU (0: first key on CPU only).
+            let n = e % 4;
+            if n == 0 {
+                store(&index, &pod(e), &chain[..1], Medium::Cpu);
+            } else {
+                store(&index, &pod(e), &chain[..n], Medium::Gpu);
+            }
+        }
+        let got = index.match_prefix(&chain);
+        assert_eq!(got.len(), 1_100);
+        for m in &got {
+            let e = (0..1_100)
+                .find(|&e| pod(e) == m.pod)
+                .expect("a known engine");
+            let n = e % 4;
+            assert_eq!(
+                (m.gpu_blocks, m.any_tier_blocks),
+                (n, n.max(1)),
+                "{}",
+                m.pod
+            );
+        }
+        // Engines past 64 are real engines: the last one alone still matches.
+        for e in 0..1_099 {
+            remove(&index, &pod(e), &chain, None);
+        }
+        assert_eq!(runs(&index, &chain), vec![("10.0.4.75:8000".into(), 3, 3)]);
+        assert_eq!(index.read_spill_slab_len(), 0);
+        assert_eq!(index.entries(), 3);
+    }
+
+    #[test]
+    fn engines_numbered_past_the_inline_range_are_held_in_bitmaps() {
+        let index = BlockIndex::new(1 << 24);
+        let last = INLINE_SLOTS as usize + 10;
+        for e in 0..=last {
+            store(&index, &pod(e), &[e as u64 + 100], Medium::Gpu);
+        }
+        store(&index, &pod(last), &[1, 2], Medium::Gpu);
+        store(&index, &pod(3), &[1], Medium::Cpu);
+        assert_eq!(
+            runs(&index, &[1, 2]),
+            vec![
+                ("10.0.0.3:8000".into(), 0, 1),
+                (pod(last).to_string(), 2, 2),
+            ]
+        );
+        remove(&index, &pod(last), &[1], None);
+        assert_eq!(runs(&index, &[1, 2]), vec![("10.0.0.3:8000".into(), 0, 1)]);
+        // Key 1 went back inline; key 2 and the 11 big slots' own keys stay spilled.
+        assert_eq!(index.read_spill_slab_len(), 12);
+        index.drop_pod(&pod(last));
+        assert_eq!(index.read_spill_slab_len(), 10);
+        // A freed slot is reused by the next engine.
+        store(&index, &pod(last + 1), &[5], Medium::Gpu);
+        assert_eq!(index.read_spill_slab_len(), 11);
+        assert_eq!(runs(&index, &[5]), vec![(pod(last + 1).to_string(), 1, 1)]);
+    }
+
+    #[test]
+    fn a_restart_clear_visits_only_that_engines_keys() {
+        let index = BlockIndex::new(1 << 20);
+        for e in 0..10 {
+            let keys: Vec<u64> = (0..1_000).map(|k| (e * 1_000 + k) as u64).collect();
+            store(&index, &pod(e), &keys, Medium::Gpu);
+            store(&index, &pod(e), &[1_000_000], Medium::Gpu); // one shared key
+        }
+        index.apply(&pod(3), IndexOp::ClearPod);
+        assert_eq!(index.pod_entries(), 9 * 1_001);
+        assert_eq!(index.entries(), 9 * 1_000 + 1);
+        assert!(runs(&index, &[3_000]).is_empty());
+        assert_eq!(runs(&index, &[4_000, 4_001]).len(), 1);
+        assert_eq!(runs(&index, &[1_000_000]).len(), 9);
+        // The engine comes back and re-learns.
+        store(&index, &pod(3), &[3_000], Medium::Gpu);
+        assert_eq!(runs(&index, &[3_000]).len(), 1);
+    }
+
+    /// Random stores, removals, clears and drops over 80 engines against a plain model
+    /// of the same semantics: every prefix answer and every count agrees.
+    #[test]
+    fn agrees_with_a_plain_model_under_random_operations() {
+        type Model = HashMap<u64, HashMap<usize, (bool, bool)>>;
+        let mut state = 0x5eed_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let index = BlockIndex::new(1 << 20);
+        let mut model: Model = HashMap::new();
+        const ENGINES: u64 = 80;
+        for step in 0..20_000 {
+            let e = next(ENGINES) as usize;
+            let start = next(40);
+            let keys: Vec<u64> = (start..start + 1 + next(8)).collect();
+            match next(10) {
+                0..=5 => {
+                    let medium = if next(4) == 0 {
+                        Medium::Cpu
+                    } else {
+                        Medium::Gpu
+                    };
+                    store(&index, &pod(e), &keys, medium);
+                    for k in &keys {
+                        let t = model.entry(*k).or_default().entry(e).or_default();
+                        match medium {
+                            Medium::Gpu => t.0 = true,
+                            _ => t.1 = true,
+                        }
+                    }
+                }
+                6..=8 => {
+                    let medium = [None, Some(Medium::Gpu), Some(Medium::Cpu)][next(3) as usize];
+                    remove(&index, &pod(e), &keys, medium);
+                    for k in &keys {
+                        if let Some(t) = model.get_mut(k).and_then(|h| h.get_mut(&e)) {
+                            match medium {
+                                None => *t = (false, false),
+                                Some(Medium::Gpu) => t.0 = false,
+                                Some(_) => t.1 = false,
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    if next(2) == 0 {
+                        index.apply(&pod(e), IndexOp::ClearPod);
+                    } else {
+                        index.drop_pod(&pod(e));
+                    }
+                    for h in model.values_mut() {
+                        h.remove(&e);
+                    }
+                }
+            }
+            for h in model.values_mut() {
+                h.retain(|_, t| t.0 || t.1);
+            }
+            model.retain(|_, h| !h.is_empty());
+            if step % 50 == 0 {
+                let query: Vec<u64> = (next(40)..48).collect();
+                let mut want: Vec<(String, usize, usize)> = Vec::new();
+                for e in 0..ENGINES as usize {
+                    let held = |k: &u64| model.get(k).and_then(|h| h.get(&e)).copied();
+                    let any = query.iter().take_while(|k| held(k).is_some()).count();
+                    let gpu = query
+                        .iter()
+                        .take_while(|k| held(k).is_some_and(|t| t.0))
+                        .count();
+                    if any > 0 {
+                        want.push((pod(e).to_string(), gpu, any));
+                    }
+                }
+                want.sort();
+                assert_eq!(runs(&index, &query), want, "step {step}");
+                assert_eq!(index.entries(), model.len(), "step {step}");
+                let entries: usize = model.values().map(HashMap::len).sum();
+                assert_eq!(index.pod_entries(), entries, "step {step}");
+            }
+        }
     }
 }

@@ -54,7 +54,8 @@ pub struct ServeConfig {
     /// precise (KV events) or estimate (no events: remember routes).
     #[arg(long, value_enum, default_value_t = defaults::MODE)]
     pub mode: RouteMode,
-    /// Most keys the index holds; the oldest go first.
+    /// Most (block, engine) entries the index holds: each engine keeps at most its share
+    /// (this over the engines known) and forgets its oldest first.
     #[arg(long, default_value_t = defaults::MAX_ENTRIES)]
     pub max_entries: usize,
     /// How long a decision counts as the pod holding its keys (precise mode).
