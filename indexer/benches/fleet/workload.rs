@@ -25,6 +25,9 @@ pub const REQUEST_KEYS: usize = PREFIX_BLOCKS + QUESTION_BLOCKS;
 /// One `BlockStored`: parent key, keys.
 pub type Event = (Option<u64>, Vec<u64>);
 
+/// Blocks each engine holds from a request's first key: (engine, run), sorted.
+pub type Answer = Vec<(usize, usize)>;
+
 /// One deterministic fleet.
 pub struct Fleet {
     pub engines: usize,
@@ -33,7 +36,7 @@ pub struct Fleet {
     pub events: Vec<Vec<Event>>,
     /// 112-key requests whose first block some engine holds, with the blocks each engine
     /// holds from the start (engine, run), the answer every index must give.
-    pub hits: Vec<(Vec<u64>, Vec<(usize, usize)>)>,
+    pub hits: Vec<(Vec<u64>, Answer)>,
     /// 112-key requests nobody holds.
     pub misses: Vec<Vec<u64>>,
 }
