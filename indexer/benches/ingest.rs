@@ -56,6 +56,7 @@ fn frames(generation: WireGeneration) -> Vec<[Vec<u8>; 3]> {
                 events: vec![event],
                 data_parallel_rank: Some(0),
                 skipped_unknown: 0,
+                skipped_invalid: 0,
             };
             encode_message("kv@10.0.0.1@m", u64::from(r), &batch, generation)
         })

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub events: Family<TypeLabel, Counter>,
     pub decode_errors: Counter,
     pub unknown_events: Counter,
+    pub invalid_events: Counter,
     pub unknown_publishers: Counter,
     pub seq_gaps: Counter,
     pub seq_restarts: Counter,
@@ -41,6 +42,7 @@ impl Metrics {
         let events = Family::<TypeLabel, Counter>::default();
         let decode_errors = Counter::default();
         let unknown_events = Counter::default();
+        let invalid_events = Counter::default();
         let unknown_publishers = Counter::default();
         let seq_gaps = Counter::default();
         let seq_restarts = Counter::default();
@@ -63,6 +65,11 @@ impl Metrics {
             "kv_unknown_events",
             "KV events of unknown type skipped",
             unknown_events.clone(),
+        );
+        registry.register(
+            "kv_invalid_events",
+            "KV events skipped because vLLM could not have sent them (bad block_size, counts, fields)",
+            invalid_events.clone(),
         );
         registry.register(
             "kv_unknown_publishers",
@@ -115,6 +122,7 @@ impl Metrics {
             events,
             decode_errors,
             unknown_events,
+            invalid_events,
             unknown_publishers,
             seq_gaps,
             seq_restarts,

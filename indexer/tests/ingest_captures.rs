@@ -226,3 +226,68 @@ fn a_gap_without_replay_relearns_and_unknown_publishers_are_dropped() {
     assert_eq!(s.registry.models(), vec!["Qwen3-32B".to_string()]);
     s.index.apply(&pod(), IndexOp::ClearPod);
 }
+
+/// The attack run's block sizes (issue 10): 0 turned cache routing off for the pod,
+/// 2^32-1 made the hasher reserve ~21.5 GB. Such events are skipped and counted; the
+/// pod's block size and its indexed blocks stay what vLLM's own events made them.
+#[test]
+fn block_sizes_vllm_cannot_send_are_counted_and_never_applied() {
+    use kvroute_kvevents::{decode_message, encode_message, KvEvent, WireGeneration};
+
+    let s = setup("42");
+    feed_until(&s, "sha256_cbor_seed42", "evict_0");
+    let entries = s.index.entries();
+    let block_size = |s: &Setup| {
+        s.registry
+            .snapshot(&Default::default())
+            .into_iter()
+            .find(|p| p.endpoint == "127.0.0.1:8000")
+            .and_then(|p| p.block_size)
+    };
+    let before = block_size(&s);
+    assert!(before.is_some());
+    // A real BlockStored from the capture, its block size rewritten, sent as the next
+    // message of the same stream.
+    let captured = captured("sha256_cbor_seed42");
+    let (frames, _) = captured
+        .iter()
+        .find(|(f, _)| {
+            let refs: Vec<&[u8]> = f.iter().map(Vec::as_slice).collect();
+            decode_message(&refs).is_ok_and(|m| {
+                m.batch
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, KvEvent::BlockStored(_)))
+            })
+        })
+        .unwrap();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let template = decode_message(&refs).unwrap();
+    let mut seq = s
+        .registry
+        .snapshot(&Default::default())
+        .into_iter()
+        .find_map(|p| p.last_seq)
+        .unwrap();
+    for bad in [0, u32::MAX] {
+        let mut batch = template.batch.clone();
+        for e in &mut batch.events {
+            if let KvEvent::BlockStored(stored) = e {
+                stored.block_size = bad;
+            }
+        }
+        seq += 1;
+        let frames = encode_message(&template.topic, seq, &batch, WireGeneration::V03xMaps);
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let out = s
+            .ingest
+            .handle(Source::Dialed("127.0.0.1:8000"), &refs, false);
+        assert!(matches!(out, Outcome::Applied { events: 0 }), "{out:?}");
+    }
+    assert_eq!(block_size(&s), before);
+    assert_eq!(s.index.entries(), entries);
+    assert!(s
+        .metrics
+        .encode()
+        .contains("kvroute_kv_invalid_events_total 2"));
+}

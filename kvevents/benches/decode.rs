@@ -46,6 +46,7 @@ fn frames_of(events: Vec<KvEvent>, generation: WireGeneration) -> [Vec<u8>; 3] {
         events,
         data_parallel_rank: Some(0),
         skipped_unknown: 0,
+        skipped_invalid: 0,
     };
     encode_message("kv@10.0.0.1:5557@Qwen3-32B", 7, &batch, generation)
 }

@@ -2,20 +2,65 @@
 //!
 //! Building a generic `rmpv::Value` tree for every token id of every event cost more than
 //! the indexer's whole per-block budget, so the fields that dominate a payload (token ids,
-//! block hashes) are read straight from the bytes. Everything rare (extra keys, unknown
-//! fields) still goes through rmpv. Every read checks bounds and returns `None` instead of
-//! panicking; lengths read from the wire never size an allocation beyond the bytes left.
+//! block hashes) are read straight from the bytes. Unknown fields are skipped without
+//! building anything and without recursion (a deeply nested message cannot overflow the
+//! stack); only `extra_keys` entries become `rmpv` values, after their extent was found and
+//! charged, to a bounded depth. Every read checks bounds and returns `None` instead
+//! of panicking; every count read from the wire is checked against the bytes left (each
+//! element takes at least one) and every allocation is charged to the message's budget
+//! ([`crate::limits`]) before it is made.
 
 use rmpv::Value;
+
+use crate::limits::{MAX_DECODED_BYTES_PER_BYTE, MIN_DECODE_BUDGET};
+
+/// Deepest value [`Reader::value`] measures (its fixed stack).
+const MAX_VALUE_DEPTH: usize = 16;
 
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Bytes the decoded message may still allocate.
+    budget: usize,
+    /// Set once a charge did not fit: the message is refused whole.
+    over_budget: bool,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            budget: buf
+                .len()
+                .saturating_mul(MAX_DECODED_BYTES_PER_BYTE)
+                .saturating_add(MIN_DECODE_BUDGET),
+            over_budget: false,
+        }
+    }
+
+    /// Reserve `bytes` of the message's decode budget; `None` (and the message refused)
+    /// when they do not fit.
+    pub(crate) fn charge(&mut self, bytes: usize) -> Option<()> {
+        match self.budget.checked_sub(bytes) {
+            Some(left) => {
+                self.budget = left;
+                Some(())
+            }
+            None => {
+                self.over_budget = true;
+                None
+            }
+        }
+    }
+
+    pub(crate) fn over_budget(&self) -> bool {
+        self.over_budget
+    }
+
+    /// A count of elements read from the wire, if the bytes left can hold that many.
+    pub(crate) fn fits(&self, count: usize) -> Option<usize> {
+        (count <= self.remaining()).then_some(count)
     }
 
     pub(crate) fn pos(&self) -> usize {
@@ -188,17 +233,119 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next value as a generic tree (rare fields), or `None` if it is not msgpack.
-    pub(crate) fn value(&mut self) -> Option<Value> {
-        let mut rest = self.buf.get(self.pos..)?;
-        let before = rest.len();
-        let v = rmpv::decode::read_value(&mut rest).ok()?;
-        self.pos += before - rest.len();
-        Some(v)
+    /// The next value as a generic tree, if it is msgpack nested at most `max_depth`
+    /// deep. Its depth and size are measured (without recursion or allocation) and charged
+    /// before rmpv builds it.
+    pub(crate) fn value(&mut self, max_depth: usize) -> Option<Value> {
+        let start = self.pos;
+        let built = self.measure(max_depth).and_then(|(values, bytes)| {
+            // rmpv grows its vectors by doubling: twice the values, at worst.
+            self.charge(
+                values
+                    .saturating_mul(2 * std::mem::size_of::<Value>())
+                    .saturating_add(bytes),
+            )?;
+            let mut span = &self.buf[start..self.pos];
+            rmpv::decode::read_value_with_max_depth(&mut span, max_depth + 1).ok()
+        });
+        if built.is_none() {
+            self.pos = start;
+        }
+        built
     }
 
+    /// Passes the next value, returning how many values it holds (itself included) and
+    /// how many string, binary and extension bytes; `None` if it nests deeper than
+    /// `max_depth` (at most [`MAX_VALUE_DEPTH`]) or is not msgpack.
+    fn measure(&mut self, max_depth: usize) -> Option<(usize, usize)> {
+        let max_depth = max_depth.min(MAX_VALUE_DEPTH);
+        let mut open = [0usize; MAX_VALUE_DEPTH];
+        let (mut depth, mut left) = (0, 1usize);
+        let (mut values, mut bytes) = (0usize, 0usize);
+        loop {
+            while left == 0 {
+                if depth == 0 {
+                    return Some((values, bytes));
+                }
+                depth -= 1;
+                left = open[depth];
+            }
+            left -= 1;
+            values += 1;
+            let before = self.pos;
+            let children = self.skip_header()?;
+            if children == 0 {
+                bytes += self.pos - before;
+                continue;
+            }
+            if depth == max_depth {
+                return None;
+            }
+            self.fits(children)?;
+            open[depth] = left;
+            depth += 1;
+            left = children;
+        }
+    }
+
+    /// Skips the next value, however deeply nested, without recursing or allocating:
+    /// it only counts the values still to pass, never more than the bytes left. `None`
+    /// (position unchanged) if it is not msgpack or is truncated.
     pub(crate) fn skip(&mut self) -> Option<()> {
-        self.value().map(|_| ())
+        let start = self.pos;
+        let mut left = 1usize;
+        while left > 0 {
+            left -= 1;
+            let passed = self
+                .skip_header()
+                .and_then(|children| left.checked_add(children))
+                .filter(|&n| n <= self.remaining());
+            match passed {
+                Some(n) => left = n,
+                None => {
+                    self.pos = start;
+                    return None;
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// Consumes one value's header (and a scalar's body); returns how many values a
+    /// container holds (a map's keys and values both count).
+    fn skip_header(&mut self) -> Option<usize> {
+        let m = self.byte()?;
+        let body = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
+            0x80..=0x8f => return Some(usize::from(m - 0x80) * 2),
+            0x90..=0x9f => return Some(usize::from(m - 0x90)),
+            0xa0..=0xbf => usize::from(m - 0xa0),
+            0xcc | 0xd0 => 1,
+            0xcd | 0xd1 | 0xd4 => 2,
+            0xd5 => 3,
+            0xca | 0xce | 0xd2 => 4,
+            0xd6 => 5,
+            0xcb | 0xcf | 0xd3 => 8,
+            0xd7 => 9,
+            0xd8 => 17,
+            0xc4 | 0xd9 => usize::from(self.byte()?),
+            0xc5 | 0xda => usize::from(u16::from_be_bytes(self.be()?)),
+            0xc6 | 0xdb => usize::try_from(u32::from_be_bytes(self.be()?)).ok()?,
+            0xc7 => 1 + usize::from(self.byte()?),
+            0xc8 => 1 + usize::from(u16::from_be_bytes(self.be()?)),
+            0xc9 => 1 + usize::try_from(u32::from_be_bytes(self.be()?)).ok()?,
+            0xdc => return Some(usize::from(u16::from_be_bytes(self.be()?))),
+            0xdd => return usize::try_from(u32::from_be_bytes(self.be()?)).ok(),
+            0xde => return Some(usize::from(u16::from_be_bytes(self.be()?)) * 2),
+            0xdf => {
+                return usize::try_from(u32::from_be_bytes(self.be()?))
+                    .ok()?
+                    .checked_mul(2)
+            }
+            // 0xc1 is never used.
+            _ => return None,
+        };
+        self.take(body).map(|_| 0)
     }
 }
 

@@ -284,6 +284,7 @@ impl Core {
             events,
             data_parallel_rank: Some(0),
             skipped_unknown: 0,
+            skipped_invalid: 0,
         }
     }
 

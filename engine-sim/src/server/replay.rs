@@ -1,11 +1,9 @@
 //! The replay socket (vLLM's `replay_endpoint`): a subscriber that saw a sequence gap asks
-//! for the missed batches instead of throwing its view of this engine away. A ROUTER takes
-//! `[client, b"", start_seq]` and answers every buffered message from `start_seq` on, then
-//! an end marker with sequence -1, in the generation's layout: vLLM 0.3x sends
-//! `[topic, seq, payload]` (end `[b"", -1, b""]`), 0.10/0.11 sent `[seq, payload]`
-//! (end `[-1, b""]`).
+//! for the missed batches instead of throwing its view of this engine away. A ROUTER
+//! answers every buffered message from the asked sequence on, then an end marker; the
+//! frames are `kvroute_kvevents::replay`'s, this module only serves them.
 
-use kvroute_kvevents::WireGeneration;
+use kvroute_kvevents::{replay, WireGeneration};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::server::kv_publisher::ReplayBuffer;
@@ -47,46 +45,30 @@ pub async fn start(
     Ok(())
 }
 
-/// The replies to one request `[client, b"", start]` (the empty delimiter optional).
+/// The replies to one request, or `None` if it is not one.
 fn answer(
     frames: &[Vec<u8>],
     buffer: &ReplayBuffer,
     generation: WireGeneration,
 ) -> Option<Vec<ZmqMessage>> {
-    let (client, start) = match frames {
-        [client, empty, start] if empty.is_empty() => (client, start),
-        [client, start] => (client, start),
-        _ => return None,
-    };
-    let start = u64::from_be_bytes(start.as_slice().try_into().ok()?);
-    let reply = |parts: Vec<Vec<u8>>| {
-        let mut msg = ZmqMessage::from(client.clone());
-        msg.push_back(Vec::<u8>::new().into());
-        for p in parts {
-            msg.push_back(p.into());
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let request = replay::parse_request(&refs).ok()?;
+    let message = |frames: Vec<Vec<u8>>| {
+        let mut frames = frames.into_iter();
+        let mut msg = ZmqMessage::from(frames.next().unwrap_or_default());
+        for f in frames {
+            msg.push_back(f.into());
         }
         msg
     };
-    let with_topic = generation == WireGeneration::V03xMaps;
     let mut out: Vec<ZmqMessage> = match buffer.lock() {
         Ok(b) => b
             .iter()
-            .filter(|(seq, _)| *seq >= start)
-            .map(|(_, [topic, seq, payload])| {
-                if with_topic {
-                    reply(vec![topic.clone(), seq.clone(), payload.clone()])
-                } else {
-                    reply(vec![seq.clone(), payload.clone()])
-                }
-            })
+            .filter(|(seq, _)| *seq >= request.start_seq)
+            .map(|(_, m)| message(replay::answer(request.client, generation, m)))
             .collect(),
         Err(_) => Vec::new(),
     };
-    let end = (-1i64).to_be_bytes().to_vec();
-    out.push(if with_topic {
-        reply(vec![Vec::new(), end, Vec::new()])
-    } else {
-        reply(vec![end, Vec::new()])
-    });
+    out.push(message(replay::end(request.client, generation)));
     Some(out)
 }

@@ -268,6 +268,9 @@ impl Ingest {
                 .unknown_events
                 .inc_by(u64::from(msg.batch.skipped_unknown));
         }
+        self.metrics
+            .invalid_events
+            .inc_by(u64::from(msg.batch.skipped_invalid));
         let (hash, style) = (self.hash.clone(), self.style);
         for event in &msg.batch.events {
             match event {
