@@ -44,7 +44,7 @@ pub struct Request<'a> {
 /// Reads `[client, b"", start_seq]` (or `[client, start_seq]`).
 pub fn parse_request<'a>(frames: &[&'a [u8]]) -> Result<Request<'a>, ReplayError> {
     let (client, start) = match frames {
-        [client, empty, start] if empty.is_empty() => (*client, *start),
+        [client, [], start] => (*client, *start),
         [client, start] => (*client, *start),
         _ => return Err(ReplayError::RequestFrames(frames.len())),
     };
