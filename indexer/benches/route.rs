@@ -277,6 +277,7 @@ fn pipeline(engines: usize, index: Arc<BlockIndex>) -> f64 {
                 events: vec![event],
                 data_parallel_rank: Some(0),
                 skipped_unknown: 0,
+                skipped_invalid: 0,
             };
             let topic = format!("kv@{}@m", host(e));
             frames.push((
