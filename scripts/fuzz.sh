@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The longer fuzzing run (the suite runs the same properties with a few hundred cases in
+# seconds): the KV-event decoder's byte-level and structured properties with many more
+# cases, release-built so each case is cheap. Usage: scripts/fuzz.sh [CASES] (default
+# 200000). Stable Rust, no nightly toolchain: proptest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cases="${1:-200000}"
+echo "== kvevents decoder: $cases cases per property"
+KVROUTE_FUZZ_CASES="$cases" cargo test -q --release -p kvroute-kvevents --test fuzz
+KVROUTE_FUZZ_CASES="$cases" cargo test -q --release -p kvroute-kvevents --test hostile
