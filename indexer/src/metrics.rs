@@ -24,6 +24,7 @@ pub struct Metrics {
     pub unknown_events: Counter,
     pub invalid_events: Counter,
     pub unknown_publishers: Counter,
+    pub oversized_messages: Counter,
     pub seq_gaps: Counter,
     pub seq_restarts: Counter,
     pub replays: Counter,
@@ -44,6 +45,7 @@ impl Metrics {
         let unknown_events = Counter::default();
         let invalid_events = Counter::default();
         let unknown_publishers = Counter::default();
+        let oversized_messages = Counter::default();
         let seq_gaps = Counter::default();
         let seq_restarts = Counter::default();
         let replays = Counter::default();
@@ -75,6 +77,11 @@ impl Metrics {
             "kv_unknown_publishers",
             "KV-event messages from publishers that are not known engines, dropped",
             unknown_publishers.clone(),
+        );
+        registry.register(
+            "kv_oversized_messages",
+            "KV-event peers that declared a message over the size limit, disconnected",
+            oversized_messages.clone(),
         );
         registry.register("kv_seq_gaps", "Sequence gaps seen", seq_gaps.clone());
         registry.register(
@@ -124,6 +131,7 @@ impl Metrics {
             unknown_events,
             invalid_events,
             unknown_publishers,
+            oversized_messages,
             seq_gaps,
             seq_restarts,
             replays,

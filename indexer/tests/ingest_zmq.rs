@@ -398,3 +398,200 @@ async fn a_gap_without_replay_marks_stale_and_relearns() {
     assert_eq!(d.metrics.seq_restarts.get(), 1);
     let _ = d.stop.send(true);
 }
+
+/// A ZMTP 3.0 greeting: signature, version 3.0, the NULL mechanism, not a server.
+fn zmtp_greeting() -> Vec<u8> {
+    let mut g = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    g.extend(b"NULL");
+    g.resize(64, 0);
+    g
+}
+
+/// The frame header of a long frame declaring 2^40 bytes.
+fn huge_frame_header() -> Vec<u8> {
+    let mut h = vec![0x02];
+    h.extend((1u64 << 40).to_be_bytes());
+    h
+}
+
+/// The attack of issue 10: a greeting, then a frame header declaring 2^40 bytes. The
+/// unpatched zeromq crate reserved the declared length and aborted the process.
+fn attack_73_bytes() -> Vec<u8> {
+    let bytes = [zmtp_greeting(), huge_frame_header()].concat();
+    assert_eq!(bytes.len(), 73);
+    bytes
+}
+
+/// A peer that completes the handshake as a PUB, then declares 2^40 bytes.
+fn attack_after_handshake() -> Vec<u8> {
+    let mut ready = vec![5];
+    ready.extend(b"READY");
+    ready.push(11);
+    ready.extend(b"Socket-Type");
+    ready.extend(3u32.to_be_bytes());
+    ready.extend(b"PUB");
+    let mut bytes = zmtp_greeting();
+    bytes.extend([0x04, ready.len() as u8]);
+    bytes.extend(ready);
+    bytes.extend(huge_frame_header());
+    bytes
+}
+
+/// Connect to `port` as a raw TCP peer and write `bytes`; the connection is kept open
+/// until the indexer drops it.
+fn raw_peer(port: u16, bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                s.write_all(bytes).unwrap();
+                return s;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("indexer never bound: {e}"),
+        }
+    }
+}
+
+/// A fake engine: accepts every connection on `listener` and writes `bytes` to it.
+fn hostile_listener(listener: std::net::TcpListener, bytes: Vec<u8>) {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut kept = Vec::new();
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(&bytes);
+            kept.push(s);
+        }
+    });
+}
+
+/// Whether the peer closed the connection (read returns 0 or an error).
+fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+async fn connected_pub(port: u16, from: &str) -> zeromq::PubSocket {
+    let mut options = zeromq::SocketOptions::default();
+    options.local_address(from.parse().unwrap());
+    let mut engine = zeromq::PubSocket::with_options(options);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "indexer never bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_on_the_bound_socket_drop_the_peer_and_are_counted() {
+    let (messages, index) = run("vllm-0.32.0_int_hashes");
+    let port = free_port();
+    let d = daemon(
+        config(
+            Some(format!("tcp://127.0.0.1:{port}")),
+            vec!["127.0.0.1".into()],
+        ),
+        "42",
+    );
+    // During the handshake, and after a complete one.
+    let mut first = raw_peer(port, &attack_73_bytes());
+    assert!(closed_by_peer(&mut first), "the peer was not dropped");
+    wait_for("the handshake's refusal counted", || {
+        d.metrics.oversized_messages.get() == 1
+    })
+    .await;
+    let mut second = raw_peer(port, &attack_after_handshake());
+    assert!(closed_by_peer(&mut second), "the peer was not dropped");
+    wait_for("the message's refusal counted", || {
+        d.metrics.oversized_messages.get() == 2
+    })
+    .await;
+    // The indexer is alive and still ingests what the engine publishes.
+    let keys = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let mut engine = connected_pub(port, "127.0.0.1").await;
+    send_until_seen(&d, &mut engine, &messages[0], &keys).await;
+    let _ = d.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_declares_an_oversized_message_is_dropped_and_counted() {
+    let (messages, index) = run("vllm-0.32.0_int_hashes");
+    // A hostile "engine" the indexer dials, beside a real one.
+    let hostile = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let hostile_port = hostile.local_addr().unwrap().port();
+    hostile_listener(hostile, attack_73_bytes());
+    let mut engine = zeromq::PubSocket::new();
+    let port = free_port();
+    engine
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let d = daemon(
+        config(
+            None,
+            vec![
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.3:{hostile_port}=8000"),
+            ],
+        ),
+        "42",
+    );
+    wait_for("the refusal counted", || {
+        d.metrics.oversized_messages.get() >= 1
+    })
+    .await;
+    let keys = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    send_until_seen(&d, &mut engine, &messages[0], &keys).await;
+    let _ = d.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_replay_answer_is_refused_and_counted() {
+    let (messages, index) = run("vllm-0.32.0_int_hashes");
+    let mut engine = zeromq::PubSocket::new();
+    let port = free_port();
+    engine
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    // The engine's "replay socket" answers a connection with the attack.
+    let replay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let replay_port = replay.local_addr().unwrap().port();
+    hostile_listener(replay, attack_73_bytes());
+    let mut cfg = config(None, vec![format!("127.0.0.1:{port}")]);
+    cfg.replay_port = Some(replay_port);
+    let d = daemon(cfg, "42");
+    let first = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let other = event_values(&stored(&index, 2, 1)["block_hashes"]);
+    send_until_seen(&d, &mut engine, &messages[0], &first).await;
+    // A gap: the replay is asked for, refused, and the engine re-learned from message 2.
+    send(&mut engine, &messages[2]).await;
+    wait_for("message 2 after the failed replay", || {
+        gpu_run(&d, &other) == other.len()
+    })
+    .await;
+    assert_eq!(d.metrics.replays.get(), 1);
+    assert_eq!(d.metrics.oversized_messages.get(), 1);
+    let _ = d.stop.send(true);
+}

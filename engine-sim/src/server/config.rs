@@ -91,7 +91,9 @@ pub struct EngineConfig {
     /// Bind the KV-event PUB socket here (the indexer connects), e.g. tcp://*:5557.
     #[arg(long, conflicts_with = "kv_connect")]
     pub kv_bind: Option<String>,
-    /// Connect the KV-event PUB socket to the indexer's bound SUB, e.g. tcp://indexer:5557.
+    /// Connect the KV-event PUB socket to the indexer's bound SUB, e.g. tcp://indexer:5557,
+    /// from --host's address (an indexer believes a bound-socket publisher only from the
+    /// address of the engine its topic names); re-dialed when the connection drops.
     #[arg(long)]
     pub kv_connect: Option<String>,
     /// Bind a replay ROUTER socket here (vLLM's replay_endpoint), e.g. tcp://*:5558.

@@ -67,7 +67,10 @@ pub async fn run(
     let generation = config.kv_wire.generation();
     let endpoint = match (&config.kv_bind, &config.kv_connect) {
         (Some(addr), _) => Some(KvEndpoint::Bind(addr.clone())),
-        (None, Some(addr)) => Some(KvEndpoint::Connect(addr.clone())),
+        (None, Some(addr)) => Some(KvEndpoint::Connect(
+            addr.clone(),
+            (!config.host.is_unspecified()).then_some(config.host),
+        )),
         (None, None) => None,
     };
     let sink = match endpoint {

@@ -15,7 +15,9 @@ pub async fn start(
     buffer: ReplayBuffer,
     generation: WireGeneration,
 ) -> Result<(), ServerError> {
-    let mut router = zeromq::RouterSocket::new();
+    // Requests are a few bytes: a peer declaring more is disconnected unread.
+    let mut router =
+        zeromq::RouterSocket::with_options(crate::server::kv_publisher::socket_options());
     router
         .bind(&crate::server::kv_publisher::bind_address(addr))
         .await

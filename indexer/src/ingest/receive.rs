@@ -45,6 +45,13 @@ async fn pump(
     }
 }
 
+/// A peer dropped for declaring an oversized message is counted.
+pub(super) fn count_oversized(ingest: &Ingest, error: &TransportError) {
+    if error.is_oversized() {
+        ingest.metrics.oversized_messages.inc();
+    }
+}
+
 /// Apply one message, replaying a gap first when the engine offers it.
 async fn feed(ingest: &Ingest, source: Source<'_>, frames: &[&[u8]]) {
     if let Outcome::NeedsReplay {
@@ -57,6 +64,9 @@ async fn feed(ingest: &Ingest, source: Source<'_>, frames: &[&[u8]]) {
         ingest.metrics.replays.inc();
         if let Some(port) = ingest.config.replay_port {
             if let Err(e) = replay(ingest, &endpoint, &host, port, from, to).await {
+                if let Some(e) = e.downcast_ref::<TransportError>() {
+                    count_oversized(ingest, e);
+                }
                 tracing::warn!(%host, "replay failed: {e}");
             }
         }
@@ -76,6 +86,7 @@ pub async fn bind_loop(ingest: Arc<Ingest>, addr: String, mut shutdown: watch::R
     tracing::info!(%addr, "listening for KV events");
     // One engine's broken connection is not the socket's end: keep receiving.
     while let Ended::Broken(e) = pump(&ingest, &mut socket, None, &mut shutdown).await {
+        count_oversized(&ingest, &e);
         tracing::warn!("KV-event receive error: {e}");
     }
 }
@@ -94,6 +105,7 @@ pub async fn connect_loop(
             r = Subscriber::connect(&addr) => match r {
                 Ok(s) => s,
                 Err(e) => {
+                    count_oversized(&ingest, &e);
                     tracing::debug!(%addr, "engine not reachable yet: {e}");
                     tokio::select! {
                         _ = shutdown.changed() => return,
@@ -105,7 +117,10 @@ pub async fn connect_loop(
         tracing::info!(%addr, "subscribed to engine");
         match pump(&ingest, &mut socket, Some(&spec.endpoint), &mut shutdown).await {
             Ended::Shutdown => return,
-            Ended::Broken(e) => tracing::warn!(%addr, "engine stream broken, reconnecting: {e}"),
+            Ended::Broken(e) => {
+                count_oversized(&ingest, &e);
+                tracing::warn!(%addr, "engine stream broken, reconnecting: {e}");
+            }
         }
         if !ingest.is_allowed_endpoint(&spec.endpoint) {
             return;

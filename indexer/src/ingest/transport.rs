@@ -5,7 +5,21 @@
 
 use std::time::Duration;
 
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+use futures_util::StreamExt;
+use zeromq::{CodecError, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+/// The largest KV-event message (all frames) any socket accepts. The `zeromq` crate
+/// reserved whatever a frame header declared before reading it (73 bytes declaring 2^40
+/// aborted the process); the workspace's patched copy (`third_party/zeromq/PATCH.md`)
+/// refuses a larger declaration before allocating and drops the peer. vLLM publishes one
+/// batch per scheduler step, well under 1 MiB, so 8 MiB leaves wide headroom.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+fn options() -> SocketOptions {
+    let mut options = SocketOptions::default();
+    options.max_message_size(Some(MAX_MESSAGE_BYTES));
+    options
+}
 
 /// One ZeroMQ message, frame by frame.
 pub type Frames = Vec<Vec<u8>>;
@@ -19,32 +33,66 @@ pub enum TransportError {
     Timeout(Duration),
 }
 
+impl TransportError {
+    /// A peer declared a message over [`MAX_MESSAGE_BYTES`] and was disconnected.
+    pub fn is_oversized(&self) -> bool {
+        matches!(
+            self,
+            Self::Zmq(zeromq::ZmqError::Codec(CodecError::MessageTooLarge { .. }))
+        )
+    }
+}
+
 fn frames_of(msg: &ZmqMessage) -> Frames {
     msg.iter().map(|f| f.to_vec()).collect()
 }
 
 /// A SUB socket subscribed to every topic.
-pub struct Subscriber(zeromq::SubSocket);
+pub struct Subscriber {
+    socket: zeromq::SubSocket,
+    /// A bound socket's events: connections refused during their handshake show only here.
+    events: Option<futures_channel::mpsc::Receiver<SocketEvent>>,
+}
 
 impl Subscriber {
     /// Bound at `addr`, for engines to connect to.
     pub async fn bind(addr: &str) -> Result<Self, TransportError> {
-        let mut socket = zeromq::SubSocket::new();
+        let mut socket = zeromq::SubSocket::with_options(options());
+        let events = Some(socket.monitor());
         socket.bind(addr).await?;
         socket.subscribe("").await?;
-        Ok(Self(socket))
+        Ok(Self { socket, events })
     }
 
     /// Connected to one engine's PUB at `addr`.
     pub async fn connect(addr: &str) -> Result<Self, TransportError> {
-        let mut socket = zeromq::SubSocket::new();
+        let mut socket = zeromq::SubSocket::with_options(options());
         socket.connect(addr).await?;
         socket.subscribe("").await?;
-        Ok(Self(socket))
+        Ok(Self {
+            socket,
+            events: None,
+        })
     }
 
+    /// The next message; an error for a peer dropped (oversized or broken), on a bound
+    /// socket also for a connection refused during its handshake.
     pub async fn recv(&mut self) -> Result<Frames, TransportError> {
-        Ok(frames_of(&self.0.recv().await?))
+        loop {
+            let event = match &mut self.events {
+                Some(events) => tokio::select! {
+                    msg = self.socket.recv() => return Ok(frames_of(&msg?)),
+                    event = events.next() => event,
+                },
+                None => return Ok(frames_of(&self.socket.recv().await?)),
+            };
+            match event {
+                Some(SocketEvent::AcceptFailed(e)) => return Err(e.into()),
+                Some(_) => {}
+                // The monitor is gone: messages only.
+                None => self.events = None,
+            }
+        }
     }
 }
 
@@ -56,7 +104,7 @@ pub struct ReplayChannel {
 
 impl ReplayChannel {
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Self, TransportError> {
-        let mut socket = zeromq::DealerSocket::new();
+        let mut socket = zeromq::DealerSocket::with_options(options());
         tokio::time::timeout(timeout, socket.connect(addr))
             .await
             .map_err(|_| TransportError::Timeout(timeout))??;

@@ -196,6 +196,7 @@ pub mod __bench {
     }
 }
 
+pub use crate::codec::CodecError;
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
 pub use crate::error::{ZmqError, ZmqResult};
@@ -353,6 +354,10 @@ pub struct SocketOptions {
     // Shared by read preparation and decoder reservation.
     pub(crate) read_buffer_max_size: usize,
     pub(crate) read_buffer_short_reads: usize,
+    // Largest inbound message (sum of its frames) or command; `None` accepts any size.
+    pub(crate) max_message_size: Option<usize>,
+    // Source address of outgoing TCP connections; `None` lets the OS choose.
+    pub(crate) local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for SocketOptions {
@@ -363,6 +368,8 @@ impl Default for SocketOptions {
             read_buffer_initial_size: 128,
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
+            max_message_size: None,
+            local_address: None,
         }
     }
 }
@@ -416,6 +423,34 @@ impl SocketOptions {
         self.read_buffer_initial_size = initial_size;
         self.read_buffer_max_size = max_size;
         self.read_buffer_short_reads = short_reads;
+        self
+    }
+
+    /// Caps the size of every inbound message (the sum of its frames) and command,
+    /// as libzmq's `ZMQ_MAXMSGSIZE` does. A peer whose frame header declares more is
+    /// disconnected before the declared length is reserved, and the receiving call
+    /// that observes it returns [`CodecError::MessageTooLarge`]. `None` (the default)
+    /// accepts any size, so any peer can make the socket try to allocate what a frame
+    /// header declares (up to 2^63 bytes).
+    ///
+    /// ```
+    /// use zeromq::{Socket, SocketOptions, SubSocket};
+    ///
+    /// let mut options = SocketOptions::default();
+    /// options.max_message_size(Some(16 * 1024 * 1024));
+    /// let socket = SubSocket::with_options(options);
+    /// ```
+    pub fn max_message_size(&mut self, limit: Option<usize>) -> &mut Self {
+        self.max_message_size = limit;
+        self
+    }
+
+    /// Makes outgoing TCP connections (including reconnections) leave from this local
+    /// address, as libzmq's `tcp://source;destination` endpoint syntax does, so that a
+    /// host with several addresses is seen by the peer under the one it means. Applies
+    /// with the tokio runtime; other runtimes let the OS choose.
+    pub fn local_address(&mut self, address: std::net::IpAddr) -> &mut Self {
+        self.local_address = Some(address);
         self
     }
 

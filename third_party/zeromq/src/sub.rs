@@ -18,6 +18,7 @@ use futures::channel::mpsc;
 use futures::StreamExt;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub struct SubSocket {
@@ -44,6 +45,44 @@ impl SubSocket {
         self.backend
             .broadcast_subscription(subscription.as_bytes(), SubscriptionMessageType::Subscribe)
             .await
+    }
+
+    /// Receives the next message with the remote address of the TCP connection it
+    /// arrived on (libzmq's `Peer-Address` message property), so that a bound socket
+    /// can tell which host sent it. The address is `None` for other transports, or
+    /// when the peer disconnected between delivering the message and this lookup.
+    pub async fn recv_with_peer_addr(&mut self) -> ZmqResult<(Option<SocketAddr>, ZmqMessage)> {
+        let (peer_id, message) = self.recv_from_peer().await?;
+        let peer_addr = self
+            .backend
+            .peers
+            .read_sync(&peer_id, |_, peer| peer.peer_addr)
+            .flatten();
+        Ok((peer_addr, message))
+    }
+
+    async fn recv_from_peer(&mut self) -> ZmqResult<(PeerIdentity, ZmqMessage)> {
+        loop {
+            match self.fair_queue.next().await {
+                Some((peer_id, Ok(Message::Message(message)))) => {
+                    return Ok((peer_id, message));
+                }
+                Some((_peer_id, Ok(_msg))) => {
+                    // Ignore non-message frames. SUB sockets are designed to only receive actual messages,
+                    // not internal protocol frames like commands or greetings.
+                }
+                Some((peer_id, Err(e))) => {
+                    self.backend.peer_disconnected(&peer_id);
+                    // Handle potential errors from the fair queue
+                    return Err(e.into());
+                }
+                None => {
+                    // The fair queue is empty, which shouldn't happen in normal operation
+                    // this can happen if the peer disconnects while we are polling
+                    return Err(ZmqError::NoMessage);
+                }
+            }
+        }
     }
 
     pub async fn unsubscribe(&mut self, subscription: &str) -> ZmqResult<()> {
@@ -113,26 +152,6 @@ impl Socket for SubSocket {
 impl SocketRecv for SubSocket {
     #[inline]
     async fn recv(&mut self) -> ZmqResult<ZmqMessage> {
-        loop {
-            match self.fair_queue.next().await {
-                Some((_peer_id, Ok(Message::Message(message)))) => {
-                    return Ok(message);
-                }
-                Some((_peer_id, Ok(_msg))) => {
-                    // Ignore non-message frames. SUB sockets are designed to only receive actual messages,
-                    // not internal protocol frames like commands or greetings.
-                }
-                Some((peer_id, Err(e))) => {
-                    self.backend.peer_disconnected(&peer_id);
-                    // Handle potential errors from the fair queue
-                    return Err(e.into());
-                }
-                None => {
-                    // The fair queue is empty, which shouldn't happen in normal operation
-                    // this can happen if the peer disconnects while we are polling
-                    return Err(ZmqError::NoMessage);
-                }
-            }
-        }
+        self.recv_from_peer().await.map(|(_peer_id, message)| message)
     }
 }

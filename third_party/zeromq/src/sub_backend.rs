@@ -34,6 +34,7 @@ pub(crate) enum SubscriptionMessageType {
 /// of the framed I/O since receiving is handled through the fair queue.
 pub(crate) struct SubPeer {
     pub(crate) send_queue: Arc<AsyncMutex<Pin<Box<ZmqFramedWrite>>>>,
+    pub(crate) peer_addr: Option<std::net::SocketAddr>,
 }
 
 /// Shared backend for [`SubSocket`](crate::SubSocket) and [`XSubSocket`](crate::XSubSocket).
@@ -280,6 +281,7 @@ impl SocketBackend for SubSocketBackend {
 #[async_trait]
 impl MultiPeerBackend for SubSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
+        let peer_addr = io.peer_addr;
         let (recv_queue, mut send_queue) = io.into_parts();
 
         for message in self.subscription_messages() {
@@ -294,6 +296,7 @@ impl MultiPeerBackend for SubSocketBackend {
                 peer_id.clone(),
                 SubPeer {
                     send_queue: Arc::new(AsyncMutex::new(Box::pin(send_queue))),
+                    peer_addr,
                 },
             )
             .await;

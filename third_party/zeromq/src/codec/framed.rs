@@ -149,6 +149,8 @@ impl Stream for ZmqFramedRead {
 pub struct FramedIo {
     pub read_half: ZmqFramedRead,
     pub write_half: ZmqFramedWrite,
+    // The remote address of a TCP connection, for sockets that report it per message.
+    pub(crate) peer_addr: Option<std::net::SocketAddr>,
 }
 
 impl FramedIo {
@@ -162,7 +164,13 @@ impl FramedIo {
         Self {
             read_half,
             write_half,
+            peer_addr: None,
         }
+    }
+
+    pub(crate) fn with_peer_addr(mut self, peer_addr: std::net::SocketAddr) -> Self {
+        self.peer_addr = Some(peer_addr);
+        self
     }
 
     pub fn into_parts(self) -> (ZmqFramedRead, ZmqFramedWrite) {

@@ -33,6 +33,9 @@ pub struct ZmqCodec {
     // internal details to higher levels
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
+    max_message_size: Option<usize>,
+    // Bytes of the multipart message being buffered, checked against the maximum.
+    buffered_len: usize,
 }
 
 impl ZmqCodec {
@@ -46,6 +49,8 @@ impl ZmqCodec {
             waiting_for: 64, // len of the greeting frame
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
+            max_message_size: options.max_message_size,
+            buffered_len: 0,
         }
     }
 
@@ -108,8 +113,25 @@ impl Decoder for ZmqCodec {
                     self.waiting_for = if frame.long { 8 } else { 1 };
                 }
                 DecoderState::FrameLen(frame) => {
+                    let declared = if frame.long {
+                        src.get_u64()
+                    } else {
+                        u64::from(src.get_u8())
+                    };
+                    // Checked before the length is converted, reserved or waited for:
+                    // a command counts alone, a message frame with the frames before it.
+                    if let Some(limit) = self.max_message_size {
+                        let before = if frame.command { 0 } else { self.buffered_len };
+                        let total = declared.saturating_add(before as u64);
+                        if total > limit as u64 {
+                            return Err(CodecError::MessageTooLarge {
+                                declared: total,
+                                limit,
+                            });
+                        }
+                    }
                     let frame_len = if frame.long {
-                        let len = usize::try_from(src.get_u64()).map_err(|_error| {
+                        let len = usize::try_from(declared).map_err(|_error| {
                             CodecError::Decode("Frame length exceeds read buffer capacity")
                         })?;
                         // The reader may prepare a full read chunk at the frame tail.
@@ -121,7 +143,7 @@ impl Decoder for ZmqCodec {
                             ))?;
                         len
                     } else {
-                        usize::from(src.get_u8())
+                        declared as usize
                     };
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
@@ -135,12 +157,14 @@ impl Decoder for ZmqCodec {
                     }
 
                     // process incoming message frame
+                    self.buffered_len += data.len();
                     match &mut self.buffered_message {
                         Some(v) => v.push_back(data.freeze()),
                         None => self.buffered_message = Some(ZmqMessage::from(data.freeze())),
                     }
 
                     if !frame.more {
+                        self.buffered_len = 0;
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message

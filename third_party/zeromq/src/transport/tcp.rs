@@ -24,7 +24,11 @@ pub(crate) async fn connect(
     port: Port,
     options: Arc<crate::SocketOptions>,
 ) -> ZmqResult<(FramedIo, Endpoint)> {
-    let raw_socket = TcpStream::connect((host.to_string().as_str(), port)).await?;
+    let raw_socket = match options.local_address {
+        #[cfg(feature = "tokio-runtime")]
+        Some(local) => connect_from(local, host, port).await?,
+        _ => TcpStream::connect((host.to_string().as_str(), port)).await?,
+    };
     // For some reason set_nodelay doesn't work on windows. See
     // https://github.com/zeromq/zmq.rs/issues/148 for details
     #[cfg(not(windows))]
@@ -33,9 +37,36 @@ pub(crate) async fn connect(
     let peer_addr = raw_socket.peer_addr()?;
 
     Ok((
-        make_framed(raw_socket, options),
+        make_framed(raw_socket, options).with_peer_addr(peer_addr),
         Endpoint::from_tcp_addr(peer_addr),
     ))
+}
+
+/// Connects from `local` (any port) to the first address of `host` in its family.
+#[cfg(feature = "tokio-runtime")]
+async fn connect_from(local: std::net::IpAddr, host: &Host, port: Port) -> std::io::Result<TcpStream> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host.to_string().as_str(), port)).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "no peer address in the local address's family",
+        )
+    }))
 }
 
 pub(crate) async fn begin_accept<T>(
@@ -105,7 +136,8 @@ where
                         })
                         .map(|(raw_socket, remote_addr)| {
                             (
-                                make_framed(raw_socket, Arc::clone(&options)),
+                                make_framed(raw_socket, Arc::clone(&options))
+                                    .with_peer_addr(remote_addr),
                                 Endpoint::from_tcp_addr(remote_addr),
                             )
                         })
