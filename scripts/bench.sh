@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The seed's shared-prefix benchmark (issue 5, docs/benchmarks.md): every routing policy
-# through the real Envoy to simulated vLLM engines, with the fleet model's offline oracle
-# and full-scale cross-check. Release binaries: the engines and the indexer must keep up
+# through the real Envoy to simulated vLLM engines, with the schedule's hit-ratio bound
+# and the fleet model at full scale. Release binaries: the engines and the indexer must keep up
 # with the time-scaled clock, or their own CPU time would show up as latency.
 #
 #   bash scripts/bench.sh            # full run (~30 min on 2 cores): docs/benchmarks/

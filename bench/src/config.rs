@@ -1,10 +1,13 @@
 //! The command line and the two presets it resolves to: the full run (the seed's workload,
-//! time-scaled to fit ~30 minutes on 2 cores) and `--quick` (fewer customers, shorter steps,
+//! time-scaled to fit the machine, plus the fleet model at the seed's full scale over seeds,
+//! engine profiles and output lengths) and `--quick` (fewer customers, shorter steps,
 //! shorter answers: the CI smoke run). Every preset value can be overridden by a flag.
 
 use std::path::PathBuf;
 
-use crate::policy::LivePolicy;
+use kvroute_engine_sim::Profile;
+
+use crate::policy::{live_policies, Policy};
 use crate::schedule::Step;
 use crate::workload::WorkloadSpec;
 
@@ -13,7 +16,7 @@ use crate::workload::WorkloadSpec;
     name = "kvroute-bench",
     about = "The seed's shared-prefix benchmark through the real Envoy: kvroute precise and \
              estimate, Envoy's random / round robin / least request, load only, and the \
-             offline oracle bound from the virtual-time fleet model"
+             hit-ratio bound of the schedule, and the virtual-time fleet model at full scale"
 )]
 pub struct Args {
     /// The CI smoke run: fewer customers and steps, short answers.
@@ -23,9 +26,9 @@ pub struct Args {
     /// full run, target/bench-quick for --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Policies to run live, comma-separated (default: all six).
+    /// Policies to run live, comma-separated (default: all six live ones).
     #[arg(long, value_enum, value_delimiter = ',')]
-    pub policies: Vec<LivePolicy>,
+    pub policies: Vec<Policy>,
     /// Engines' --time-scale: engine time runs this many times faster than the wall clock.
     #[arg(long)]
     pub time_scale: Option<f64>,
@@ -43,8 +46,31 @@ pub struct Args {
     pub system_tokens: Option<usize>,
     #[arg(long)]
     pub question_tokens: Option<usize>,
+    /// Mean output tokens per request (exponential; default 200, --quick 50).
     #[arg(long)]
-    pub max_tokens: Option<usize>,
+    pub output_mean: Option<f64>,
+    /// vLLM's --max-model-len, given to the engines (they refuse longer with a 400).
+    #[arg(long, default_value_t = 8192)]
+    pub max_model_len: usize,
+    /// The engines' timing profile (docs/engine-sim.md).
+    #[arg(long, value_enum, default_value_t = Profile::default())]
+    pub profile: Profile,
+    /// Engine seconds of warm-up at the first QPS before the steps (left out of the
+    /// whole-run figures; default 60, --quick 0).
+    #[arg(long)]
+    pub warmup_seconds: Option<f64>,
+    /// The full-scale fleet model: seeds, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 2, 3])]
+    pub model_seeds: Vec<u64>,
+    /// The full-scale fleet model: engine profiles, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Profile::Qwen3_32bTp2H100, Profile::SeedSingleInstance])]
+    pub model_profiles: Vec<Profile>,
+    /// The full-scale fleet model: output means, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [200.0, 150.0, 250.0, 400.0])]
+    pub model_output_means: Vec<f64>,
+    /// Engine seconds each full-scale model step lasts (the seed: 60).
+    #[arg(long, default_value_t = 60.0)]
+    pub model_step_seconds: f64,
     /// Seed of the text, the arrivals and the prompts drawn.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -65,7 +91,7 @@ pub struct Args {
     #[arg(long)]
     pub no_plots: bool,
     /// One more `kvroute serve` flag for kvroute's policies (repeatable, e.g.
-    /// `--indexer-arg=--running-cost --indexer-arg=4`); the report names the variant.
+    /// `--indexer-arg=--fleet-work-weight --indexer-arg=0`); the report names the variant.
     #[arg(long, allow_hyphen_values = true)]
     pub indexer_arg: Vec<String>,
     /// Redraw the PNGs and results.md of an earlier run from its results.json (beside it).
@@ -74,9 +100,10 @@ pub struct Args {
     /// Only the fleet model (virtual time): no Envoy, no engines.
     #[arg(long)]
     pub no_live: bool,
-    /// Exit non-zero unless precise's live hit ratio reaches this fraction of the oracle's.
+    /// Exit non-zero unless precise's live hit ratio reaches this fraction of the
+    /// schedule's hit-ratio bound.
     #[arg(long)]
-    pub require_hit_vs_oracle: Option<f64>,
+    pub require_hit_vs_bound: Option<f64>,
 }
 
 /// Everything a run needs, presets resolved.
@@ -84,8 +111,9 @@ pub struct Args {
 pub struct Plan {
     pub mode: &'static str,
     pub out: PathBuf,
-    pub policies: Vec<LivePolicy>,
+    pub policies: Vec<Policy>,
     pub workload: WorkloadSpec,
+    pub profile: Profile,
     pub steps: Vec<Step>,
     pub engines: usize,
     pub kv_capacity_tokens: usize,
@@ -93,16 +121,24 @@ pub struct Plan {
     pub envoy_concurrency: usize,
     pub tokenize_in: String,
     pub full_model: bool,
+    pub model_seeds: Vec<u64>,
+    pub model_profiles: Vec<Profile>,
+    pub model_output_means: Vec<f64>,
+    pub model_step_seconds: f64,
     pub plots: bool,
-    pub require_hit_vs_oracle: Option<f64>,
+    pub require_hit_vs_bound: Option<f64>,
     pub indexer_args: Vec<String>,
 }
 
 /// The seed's QPS range (3 to 60), in the steps the full run takes.
 pub const FULL_QPS: [f64; 7] = [3.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0];
-/// Short steps: past ~10 QPS this engine model is overloaded under every policy, and the
-/// backlog (drained to the last request, ~1,100 engine seconds for random) sets the wall time.
+/// Short live steps: the backlog under cache-blind policies (drained to the last request)
+/// sets the wall time, and 8 engines, Envoy and the filter share 2 cores.
 const FULL_STEP_SECONDS: f64 = 15.0;
+/// Warm-up before the steps: long enough for most of the 150 groups to be seen once.
+const FULL_WARMUP_SECONDS: f64 = 60.0;
+const FULL_OUTPUT_MEAN: f64 = 200.0;
+const QUICK_OUTPUT_MEAN: f64 = 50.0;
 /// Fast enough to fit ~30 minutes; slow enough that 8 engines, Envoy and the filter keep
 /// pace with the clock on 2 cores (docs/benchmarks.md).
 const FULL_TIME_SCALE: f64 = 4.0;
@@ -125,13 +161,21 @@ impl Args {
         } else {
             FULL_STEP_SECONDS
         });
+        let warmup = self
+            .warmup_seconds
+            .unwrap_or(if quick { 0.0 } else { FULL_WARMUP_SECONDS });
         let workload = WorkloadSpec {
             model: kvroute_tests::stack::QWEN3_MODEL.to_string(),
             groups: self.groups.unwrap_or(if quick { 16 } else { 150 }),
             users_per_group: self.users_per_group.unwrap_or(5),
             system_tokens: self.system_tokens.unwrap_or(6_000),
             question_tokens: self.question_tokens.unwrap_or(1_200),
-            max_tokens: self.max_tokens.unwrap_or(if quick { 50 } else { 1_000 }),
+            output_mean: self.output_mean.unwrap_or(if quick {
+                QUICK_OUTPUT_MEAN
+            } else {
+                FULL_OUTPUT_MEAN
+            }),
+            max_model_len: self.max_model_len,
             seed: self.seed,
         };
         Plan {
@@ -146,12 +190,17 @@ impl Args {
             policies: if self.no_live {
                 Vec::new()
             } else if self.policies.is_empty() {
-                LivePolicy::ALL.to_vec()
+                live_policies()
             } else {
-                self.policies.clone()
+                self.policies
+                    .iter()
+                    .copied()
+                    .filter(Policy::is_live)
+                    .collect()
             },
             workload,
-            steps: qps.iter().map(|&qps| Step { qps, seconds }).collect(),
+            profile: self.profile,
+            steps: with_warmup(&qps, seconds, warmup),
             engines: self.engines,
             kv_capacity_tokens: self.kv_capacity_tokens,
             time_scale: self.time_scale.unwrap_or(if quick {
@@ -162,9 +211,31 @@ impl Args {
             envoy_concurrency: self.envoy_concurrency.unwrap_or(2),
             tokenize_in: self.tokenize_in.clone().unwrap_or_else(|| "filter".into()),
             full_model: !self.no_full_model && !quick,
+            model_seeds: self.model_seeds.clone(),
+            model_profiles: self.model_profiles.clone(),
+            model_output_means: self.model_output_means.clone(),
+            model_step_seconds: self.model_step_seconds,
             plots: !self.no_plots,
-            require_hit_vs_oracle: self.require_hit_vs_oracle,
+            require_hit_vs_bound: self.require_hit_vs_bound,
             indexer_args: self.indexer_arg.clone(),
         }
     }
+}
+
+/// The QPS steps, after a warm-up step at the first QPS when `warmup` > 0.
+pub fn with_warmup(qps: &[f64], seconds: f64, warmup: f64) -> Vec<Step> {
+    let first = qps.first().copied().unwrap_or(1.0);
+    (warmup > 0.0)
+        .then_some(Step {
+            qps: first,
+            seconds: warmup,
+            warmup: true,
+        })
+        .into_iter()
+        .chain(qps.iter().map(|&qps| Step {
+            qps,
+            seconds,
+            warmup: false,
+        }))
+        .collect()
 }

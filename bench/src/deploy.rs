@@ -1,16 +1,26 @@
 //! A policy's deployment on loopback, through the shared test `Stack`: simulated engines
-//! (`kvroute-engine-sim`, time-scaled, the seed's KV capacity) and the real Envoy; for
-//! kvroute's modes also the filter and `kvroute serve`, whose clocks (metric scrapes,
-//! provisional and estimate memories) are scaled with the engines' so the indexer sees
-//! the same engine-time behaviour it would see at full speed.
+//! (`kvroute-engine-sim`, time-scaled, the seed's KV capacity, the chosen timing profile and
+//! `--max-model-len`) and the real Envoy; for kvroute's modes also the filter and
+//! `kvroute serve`, whose clocks (metric scrapes, estimate memory, in-flight TTL) are scaled
+//! with the engines' so the indexer sees the same engine-time behaviour it would see at full
+//! speed. What a running deployment is addressed by (`Target`) is defined here, where it is
+//! built.
+
+use std::net::SocketAddr;
 
 use kvroute_tests::stack::{
     kvroute_serve, IndexerPorts, IndexerSpec, KvWiring, SimEngineOptions, Stack,
 };
 
 use crate::config::Plan;
-use crate::live::Target;
-use crate::policy::{Deployment as Kind, LivePolicy};
+use crate::policy::{deployment, Deployment as Kind, Policy};
+use crate::report::LiveHealth;
+
+/// Where the load goes and whom to scrape.
+pub struct Target {
+    pub url: String,
+    pub engines: Vec<SocketAddr>,
+}
 
 pub struct Deployment {
     stack: Stack,
@@ -19,9 +29,9 @@ pub struct Deployment {
 impl Deployment {
     /// What the filter and the indexer did (kvroute's modes): routed vs failed open, and
     /// the indexer's decisions by reason. Empty without the filter.
-    pub fn routing_counters(&self, policy: LivePolicy) -> Vec<(String, f64)> {
+    pub fn routing_counters(&self, policy: Policy) -> Vec<(String, f64)> {
         let mut out = Vec::new();
-        if !matches!(policy.deployment(), Kind::Kvroute(_)) {
+        if !matches!(deployment(policy), Some(Kind::Kvroute(_))) {
             return out;
         }
         if let Ok(text) = self.stack.envoy.prometheus() {
@@ -51,6 +61,32 @@ impl Deployment {
         out
     }
 
+    /// The engines' CPU dilation over `wall_seconds` and the filter's counters in `routing`.
+    pub fn health(&self, routing: &[(String, f64)], wall_seconds: f64) -> LiveHealth {
+        let mut dilation = 0.0;
+        for e in &self.stack.pods {
+            if let Ok(r) = kvroute_tests::http::send(*e, "GET", "/metrics", &[], b"") {
+                let text = String::from_utf8_lossy(&r.body);
+                dilation += crate::scrape::gauge(&text, ENGINE_DILATION_METRIC).unwrap_or(0.0);
+            }
+        }
+        let sum = |prefix: &str| {
+            let found: Vec<f64> = routing
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| *v)
+                .collect();
+            (!found.is_empty()).then(|| found.iter().sum())
+        };
+        LiveHealth {
+            engine_dilation: dilation
+                / self.stack.pods.len().max(1) as f64
+                / wall_seconds.max(1e-9),
+            filter_routed: sum("envoy_wasmcustom_kvroute_routed"),
+            filter_fail_open: sum("envoy_wasmcustom_kvroute_fail_open"),
+        }
+    }
+
     pub fn target(&self) -> Target {
         Target {
             url: format!("http://{}/v1/chat/completions", self.stack.listen()),
@@ -58,6 +94,9 @@ impl Deployment {
         }
     }
 }
+
+/// The simulated engine's counter of wall seconds its clock fell behind for good.
+const ENGINE_DILATION_METRIC: &str = "kvroute_sim_dilation_seconds_total";
 
 /// `kvroute serve`'s flags whose values are engine-time durations, scaled to wall time.
 fn scaled_indexer_flags(plan: &Plan) -> Vec<(&'static str, String)> {
@@ -67,26 +106,30 @@ fn scaled_indexer_flags(plan: &Plan) -> Vec<(&'static str, String)> {
     vec![
         // vLLM-style scrape every second of engine time.
         ("--scrape-interval-ms", ms(1000.0)),
-        ("--provisional-ttl-ms", ms(2000.0)),
         ("--estimate-ttl-secs", secs(600.0)),
         ("--in-flight-ttl-secs", secs(600.0)),
     ]
 }
 
-pub fn start(plan: &Plan, policy: LivePolicy) -> anyhow::Result<Deployment> {
+pub fn start(plan: &Plan, policy: Policy) -> anyhow::Result<Deployment> {
     let mut sim = SimEngineOptions::new(plan.engines);
     sim.time_scale = plan.time_scale;
     sim.wiring = KvWiring::EnginesConnect;
     sim.extra_args = vec![
         "--kv-capacity-tokens".into(),
         plan.kv_capacity_tokens.to_string(),
+        "--profile".into(),
+        plan.profile.name().into(),
+        "--max-model-len".into(),
+        plan.workload.max_model_len.to_string(),
     ];
     let builder = Stack::builder()
         .qwen3()
         .concurrency(plan.envoy_concurrency)
         .sim_engines(sim);
-    let builder = match policy.deployment() {
-        Kind::Kvroute(mut extra) => {
+    let builder = match deployment(policy) {
+        None => anyhow::bail!("{} runs in the fleet model only", policy.name()),
+        Some(Kind::Kvroute(mut extra)) => {
             extra.extend(plan.indexer_args.iter().cloned());
             let flags = scaled_indexer_flags(plan);
             let base = kvroute_serve(&[]);
@@ -110,7 +153,7 @@ pub fn start(plan: &Plan, policy: LivePolicy) -> anyhow::Result<Deployment> {
                     "debug_headers": false,
                 }))
         }
-        Kind::Envoy(lb) => builder.without_filter().pods_lb_policy(lb),
+        Some(Kind::Envoy(lb)) => builder.without_filter().pods_lb_policy(lb),
     };
     Ok(Deployment {
         stack: builder.start()?,

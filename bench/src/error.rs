@@ -17,6 +17,8 @@ pub enum BenchError {
     Http(#[from] reqwest::Error),
     #[error("plotting {0}: {1}")]
     Plot(PathBuf, String),
+    #[error("the request body lost its max_tokens mark")]
+    NoMaxTokensMark,
     #[error("no TrueType font found for the plots (tried {0})")]
     NoFont(String),
 }

@@ -3,7 +3,6 @@
 //! engines' time scale while their waiting queues are sampled, then torn down. Fresh per
 //! policy so no policy inherits another's warm caches.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,24 +11,19 @@ use anyhow::Context;
 use crate::config::Plan;
 use crate::deploy;
 use crate::loadgen::{self, Clock};
-use crate::policy::LivePolicy;
+use crate::policy::{Deployment, Policy};
 use crate::report::PolicyRun;
 use crate::schedule::Scheduled;
 use crate::scrape;
 use crate::stats;
 use crate::workload::Workload;
 
-/// Where the load goes and whom to scrape.
-pub struct Target {
-    pub url: String,
-    pub engines: Vec<SocketAddr>,
-}
-
 pub fn run_policy(
     plan: &Plan,
-    policy: LivePolicy,
+    policy: Policy,
     workload: &Arc<Workload>,
     schedule: &[Scheduled],
+    bound: &[u64],
 ) -> anyhow::Result<PolicyRun> {
     let started = Instant::now();
     let deployment =
@@ -45,6 +39,7 @@ pub fn run_policy(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let load_started = Instant::now();
     let (records, waits) = runtime.block_on(async {
         let client = loadgen::client()?;
         let clock = Clock {
@@ -74,6 +69,7 @@ pub fn run_policy(
         anyhow::Ok((records, waits))
     })?;
     let routing = deployment.routing_counters(policy);
+    let health = deployment.health(&routing, load_started.elapsed().as_secs_f64());
     for (name, value) in &routing {
         tracing::info!(policy = policy.name(), counter = %name, value, "routing");
     }
@@ -82,17 +78,27 @@ pub fn run_policy(
     if let Some(first) = errors.first() {
         tracing::warn!(policy = policy.name(), errors = errors.len(), first = %first, "requests failed");
     }
-    let (steps, overall) = stats::per_step_and_overall(&plan.steps, &records, &waits);
+    let records: Vec<_> = records
+        .into_iter()
+        .zip(bound)
+        .map(|(mut r, &b)| {
+            r.bound_cached_tokens = b;
+            r
+        })
+        .collect();
+    let figures = stats::figures(&plan.steps, &records, &waits);
     tracing::info!(
         policy = policy.name(),
-        throughput = overall.output_tokens_per_s,
-        p90_ttft = overall.p90_ttft,
-        hit_ratio = overall.hit_ratio,
+        throughput = figures.overall.output_tokens_per_s,
+        p90_ttft = figures.overall.p90_ttft,
+        hit_ratio = figures.overall.hit_ratio,
+        hit_bound = figures.overall.hit_bound,
+        engine_dilation = health.engine_dilation,
         wall_s = started.elapsed().as_secs_f64(),
         "done"
     );
-    let variant = match policy.deployment() {
-        crate::policy::Deployment::Kvroute(_) if !plan.indexer_args.is_empty() => {
+    let variant = match crate::policy::deployment(policy) {
+        Some(Deployment::Kvroute(_)) if !plan.indexer_args.is_empty() => {
             format!("{} ({})", policy.name(), plan.indexer_args.join(" "))
         }
         _ => policy.name().to_string(),
@@ -100,9 +106,9 @@ pub fn run_policy(
     Ok(PolicyRun {
         policy: variant,
         slug: policy.slug().to_string(),
-        steps,
-        overall,
+        figures,
         wall_seconds: started.elapsed().as_secs_f64(),
         routing,
+        lag: Some(health),
     })
 }

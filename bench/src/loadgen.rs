@@ -51,10 +51,11 @@ pub async fn run(
             let arrival = clock.now();
             let mut record = RequestRecord {
                 step: s.step,
+                scheduled: s.at,
                 arrival,
                 ..Default::default()
             };
-            let body = workload.prompts[s.prompt].body.as_ref().clone();
+            let body = workload.prompts[s.prompt].body(s.max_tokens);
             if let Err(e) = one(&client, &url, body, clock, &mut record).await {
                 record.error = Some(e);
             }

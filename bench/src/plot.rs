@@ -1,6 +1,7 @@
 //! The report's PNGs, drawn with plotters' bitmap backend: P90 TTFT and output throughput
 //! against offered QPS (one line per policy), and the prompt-token hit ratio per policy with
-//! the offline oracle's bound beside it. Text needs a TrueType font, read at run time from
+//! the schedule's hit-ratio bound beside it. Live runs when there are any, else the first
+//! full-scale fleet-model sweep; warm-up steps are left out. Text needs a TrueType font, read at run time from
 //! the usual system locations (or `KVROUTE_BENCH_FONT`), so no system library is linked.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +10,40 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::error::BenchError;
-use crate::report::Results;
+use crate::report::{PolicyRun, Results};
+use crate::schedule::Step;
+use crate::stats::Summary;
+
+/// The runs the PNGs show and their steps.
+fn shown(results: &Results) -> (&[PolicyRun], &[Step], String) {
+    match results.sweeps.first() {
+        Some(s) if results.live.is_empty() => (
+            &s.runs,
+            &s.steps,
+            format!(
+                "fleet model, {}, output mean {}, seed {}",
+                s.profile.name(),
+                s.output_mean,
+                s.seed
+            ),
+        ),
+        _ => (
+            &results.live,
+            &results.steps,
+            format!("live, time scale {}", results.time_scale),
+        ),
+    }
+}
+
+/// A run's per-step figures with their QPS, warm-up left out.
+fn points<'a>(run: &'a PolicyRun, steps: &'a [Step]) -> impl Iterator<Item = (f64, &'a Summary)> {
+    run.figures
+        .steps
+        .iter()
+        .zip(steps)
+        .filter(|(_, st)| !st.warmup)
+        .map(|(s, st)| (st.qps, s))
+}
 
 const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -86,12 +120,11 @@ fn lines(
 ) -> Result<(), BenchError> {
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let qps: Vec<f64> = results.steps.iter().map(|s| s.qps).collect();
-    let x_max = qps.iter().copied().fold(1.0, f64::max) * 1.05;
-    let values: Vec<f64> = results
-        .live
+    let (runs, steps, what) = shown(results);
+    let x_max = steps.iter().map(|s| s.qps).fold(1.0, f64::max) * 1.05;
+    let values: Vec<f64> = runs
         .iter()
-        .flat_map(|p| p.steps.iter().map(&value))
+        .flat_map(|p| points(p, steps).map(|(_, s)| value(s)))
         .collect();
     let y_max = values.iter().copied().fold(0.0, f64::max).max(1e-3) * 1.2;
     let y_min = values
@@ -107,13 +140,7 @@ fn lines(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72);
-    let caption = format!(
-        "{} engines, {} groups x {} users, time scale {}",
-        results.engines,
-        results.workload.groups,
-        results.workload.users_per_group,
-        results.time_scale
-    );
+    let caption = format!("{} engines, {what}", results.engines);
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -124,13 +151,10 @@ fn lines(
                 .label_style(("sans-serif", 15))
                 .draw()
                 .map_err(|e| plot_err(path, e))?;
-            for (i, p) in results.live.iter().enumerate() {
+            for (i, p) in runs.iter().enumerate() {
                 let color = COLORS[i % COLORS.len()];
-                let points: Vec<(f64, f64)> = p
-                    .steps
-                    .iter()
-                    .zip(&qps)
-                    .map(|(s, q)| (*q, value(s).max(y_min)))
+                let points: Vec<(f64, f64)> = points(p, steps)
+                    .map(|(q, s)| (q, value(s).max(y_min)))
                     .collect();
                 chart
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
@@ -168,13 +192,13 @@ fn lines(
 fn hit_bars(results: &Results, path: &Path) -> Result<(), BenchError> {
     let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let mut bars: Vec<(String, f64)> = results
-        .live
+    let (runs, _, _) = shown(results);
+    let mut bars: Vec<(String, f64)> = runs
         .iter()
-        .map(|p| (p.policy.clone(), p.overall.hit_ratio))
+        .map(|p| (p.policy.clone(), p.figures.overall.hit_ratio))
         .collect();
-    if let Some(oracle) = results.oracle_same_schedule() {
-        bars.push(("oracle (offline)".into(), oracle.hit_ratio));
+    if let Some(p) = runs.first() {
+        bars.push(("bound (any router)".into(), p.figures.overall.hit_bound));
     }
     let n = bars.len();
     let mut chart = ChartBuilder::on(&root)

@@ -1,26 +1,10 @@
-//! The routing policies compared, as the live run deploys them: kvroute's modes are the
-//! filter plus `kvroute serve` with different flags; the baselines are Envoy's own load
-//! balancers on the engines' cluster with no filter at all.
+//! How each routing policy is deployed live: kvroute's modes are the filter plus
+//! `kvroute serve` with different flags; the baselines are Envoy's own load balancers on the
+//! engines' cluster with no filter at all. The policies themselves are one enum,
+//! `kvroute_engine_sim::fleet::Policy`, shared with the fleet model.
 
-use kvroute_engine_sim::fleet::Policy as FleetPolicy;
+pub use kvroute_engine_sim::fleet::Policy;
 use kvroute_tests::envoy::PodsLbPolicy;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LivePolicy {
-    /// Filter + indexer fed by the engines' KV events.
-    Precise,
-    /// Filter + indexer in estimate mode (its own routing history only).
-    Estimate,
-    /// Envoy RANDOM.
-    Random,
-    /// Envoy ROUND_ROBIN.
-    RoundRobin,
-    /// Envoy LEAST_REQUEST (power of two choices on active requests).
-    LeastRequest,
-    /// Filter + indexer with --cache-weight 0: least loaded by queue, cache ignored.
-    LoadOnly,
-}
 
 pub enum Deployment {
     /// The filter and `kvroute serve` with these extra flags.
@@ -29,51 +13,20 @@ pub enum Deployment {
     Envoy(PodsLbPolicy),
 }
 
-impl LivePolicy {
-    pub const ALL: [LivePolicy; 6] = [
-        LivePolicy::Precise,
-        LivePolicy::Estimate,
-        LivePolicy::Random,
-        LivePolicy::RoundRobin,
-        LivePolicy::LeastRequest,
-        LivePolicy::LoadOnly,
-    ];
+/// The policies a live run can deploy, in report order.
+pub fn live_policies() -> Vec<Policy> {
+    Policy::ALL.into_iter().filter(Policy::is_live).collect()
+}
 
-    pub fn fleet(self) -> FleetPolicy {
-        match self {
-            LivePolicy::Precise => FleetPolicy::Precise,
-            LivePolicy::Estimate => FleetPolicy::Estimate,
-            LivePolicy::Random => FleetPolicy::Random,
-            LivePolicy::RoundRobin => FleetPolicy::RoundRobin,
-            LivePolicy::LeastRequest => FleetPolicy::LeastRequest,
-            LivePolicy::LoadOnly => FleetPolicy::LoadOnly,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        self.fleet().name()
-    }
-
-    /// Stable file-name form.
-    pub fn slug(self) -> &'static str {
-        match self {
-            LivePolicy::Precise => "precise",
-            LivePolicy::Estimate => "estimate",
-            LivePolicy::Random => "random",
-            LivePolicy::RoundRobin => "round-robin",
-            LivePolicy::LeastRequest => "least-request",
-            LivePolicy::LoadOnly => "load-only",
-        }
-    }
-
-    pub fn deployment(self) -> Deployment {
-        match self {
-            LivePolicy::Precise => Deployment::Kvroute(vec![]),
-            LivePolicy::Estimate => Deployment::Kvroute(vec!["--mode".into(), "estimate".into()]),
-            LivePolicy::LoadOnly => Deployment::Kvroute(vec!["--cache-weight".into(), "0".into()]),
-            LivePolicy::Random => Deployment::Envoy(PodsLbPolicy::Random),
-            LivePolicy::RoundRobin => Deployment::Envoy(PodsLbPolicy::RoundRobin),
-            LivePolicy::LeastRequest => Deployment::Envoy(PodsLbPolicy::LeastRequest),
-        }
-    }
+/// How `policy` is deployed; None for the model-only heuristic.
+pub fn deployment(policy: Policy) -> Option<Deployment> {
+    Some(match policy {
+        Policy::Precise => Deployment::Kvroute(vec![]),
+        Policy::Estimate => Deployment::Kvroute(vec!["--mode".into(), "estimate".into()]),
+        Policy::LoadOnly => Deployment::Kvroute(vec!["--cache-weight".into(), "0".into()]),
+        Policy::Random => Deployment::Envoy(PodsLbPolicy::Random),
+        Policy::RoundRobin => Deployment::Envoy(PodsLbPolicy::RoundRobin),
+        Policy::LeastRequest => Deployment::Envoy(PodsLbPolicy::LeastRequest),
+        Policy::LongestHolder => return None,
+    })
 }

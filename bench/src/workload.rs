@@ -13,7 +13,9 @@ use kvroute_engine_sim as engine_sim;
 
 use crate::error::BenchError;
 
-/// Sizes of the workload (the seed: 150 groups x 5 users, 6,000 + 1,200 tokens, 1,000 out).
+/// Sizes of the workload (the seed: 150 groups x 5 users, 6,000 + 1,200 tokens; its
+/// 1,000-token `max_tokens` cannot fit its own `--max-model-len 8192`, so output lengths are
+/// drawn per request, see `schedule`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadSpec {
     pub model: String,
@@ -21,18 +23,36 @@ pub struct WorkloadSpec {
     pub users_per_group: usize,
     pub system_tokens: usize,
     pub question_tokens: usize,
-    pub max_tokens: usize,
+    /// Mean output tokens per request.
+    pub output_mean: f64,
+    /// vLLM's `--max-model-len`, which the engines enforce.
+    pub max_model_len: usize,
     pub seed: u64,
 }
 
 /// One distinct prompt: a group's system prompt and one user's question.
 #[derive(Debug, Clone)]
 pub struct Prompt {
-    /// The OpenAI chat body, streaming with usage.
-    pub body: Arc<Vec<u8>>,
+    /// The OpenAI chat body, streaming with usage, cut where its `max_tokens` value goes.
+    body: Arc<(Vec<u8>, Vec<u8>)>,
     pub prompt_tokens: usize,
     /// vLLM's published block hashes of the prompt (what engines store, what the oracle sees).
     pub block_hashes: Arc<Vec<u64>>,
+}
+
+/// Written where the `max_tokens` value goes, then cut there.
+const MAX_TOKENS_MARK: u64 = 987_654_321;
+
+impl Prompt {
+    /// The request body asking for `max_tokens` output tokens.
+    pub fn body(&self, max_tokens: usize) -> Vec<u8> {
+        let (head, tail) = &*self.body;
+        let mut body = Vec::with_capacity(head.len() + tail.len() + 8);
+        body.extend_from_slice(head);
+        body.extend_from_slice(max_tokens.to_string().as_bytes());
+        body.extend_from_slice(tail);
+        body
+    }
 }
 
 /// Every distinct prompt, indexed `group * users_per_group + user`.
@@ -350,16 +370,22 @@ impl Workload {
                         {"role": "system", "content": system},
                         {"role": "user", "content": question},
                     ],
-                    "max_tokens": spec.max_tokens,
+                    "max_tokens": MAX_TOKENS_MARK,
                     "stream": true,
                     "stream_options": {"include_usage": true},
                 });
                 let bytes = serde_json::to_vec(&body)?;
+                let mark = MAX_TOKENS_MARK.to_string();
+                let at = bytes
+                    .windows(mark.len())
+                    .position(|w| w == mark.as_bytes())
+                    .ok_or(BenchError::NoMaxTokensMark)?;
+                let cut = (bytes[..at].to_vec(), bytes[at + mark.len()..].to_vec());
                 let request = Request::parse(&bytes, None)?;
                 let keys =
                     RequestKeys::compute(encoder, &hasher, &request, &RequestExtras::default())?;
                 prompts.push(Prompt {
-                    body: Arc::new(bytes),
+                    body: Arc::new(cut),
                     prompt_tokens: keys.prompt_tokens,
                     block_hashes: Arc::new(keys.block_hashes),
                 });
@@ -397,13 +423,16 @@ mod tests {
             users_per_group: 2,
             system_tokens: 640,
             question_tokens: 130,
-            max_tokens: 10,
+            output_mean: 10.0,
+            max_model_len: 8192,
             seed: 5,
         };
         let enc = encoder();
         let a = Workload::build(spec.clone(), &enc, &HashConfig::default()).unwrap();
         let b = Workload::build(spec, &enc, &HashConfig::default()).unwrap();
-        assert_eq!(a.prompts[3].body, b.prompts[3].body);
+        assert_eq!(a.prompts[3].body(7), b.prompts[3].body(7));
+        let body: serde_json::Value = serde_json::from_slice(&a.prompts[3].body(123)).unwrap();
+        assert_eq!(body["max_tokens"], 123);
         for p in &a.prompts {
             assert!((770..840).contains(&p.prompt_tokens), "{}", p.prompt_tokens);
         }

@@ -11,4 +11,4 @@ pub mod timing;
 
 pub use prefix_cache::{CacheFull, PrefixCache};
 pub use scheduler::{Finished, FirstToken, Scheduler, SeqId, StepOutcome, StoredBlock};
-pub use timing::TimingModel;
+pub use timing::{Profile, TimingModel};

@@ -163,6 +163,19 @@ impl PrefixCache {
         self.anonymous += 1;
     }
 
+    /// Blocks a running request may still take beyond its promise: free or evictable ones
+    /// nobody was promised.
+    pub fn spare_blocks(&self) -> usize {
+        (self.free_blocks() + self.evictable.len()).saturating_sub(self.reserved)
+    }
+
+    /// Takes one block nobody was promised (a decode growing past its prompt), evicting the
+    /// least recently freed block if none is free.
+    pub fn take_spare_block(&mut self, removed: &mut Vec<u64>) {
+        self.make_room(removed);
+        self.anonymous += 1;
+    }
+
     /// A finished request: its hashed blocks (`hashes`, each once per reference) become
     /// evictable when no one else holds them, tail first as vLLM frees them; its `unhashed`
     /// blocks are freed and its `unused` promises dropped.

@@ -1,6 +1,9 @@
 //! Continuous batching as vLLM's V1 scheduler does it, without I/O: running sequences decode
 //! one token per step, prefills are chunked to the step's token budget, waiting requests are
-//! admitted FIFO while the KV cache has room. Each `step` returns its simulated duration and
+//! admitted FIFO while the KV cache has room for their prompt. Output blocks are allocated
+//! as decoding needs them, as vLLM allocates them; when none is left, the request admitted
+//! last is preempted (its blocks freed, recomputed later from the front of the queue), as
+//! vLLM's V1 preempts. Each `step` returns its simulated duration and
 //! the KV events it caused, so a server can sleep (time-scaled) and publish them, and a
 //! benchmark can run the same model in virtual time.
 
@@ -21,8 +24,8 @@ struct Seq {
     computed: usize,
     cached: usize,
     generated: usize,
-    /// Blocks this request may hold at most (its prompt and all but its last output token).
-    total_blocks: usize,
+    /// Blocks promised at admission (its prompt's) and not taken yet.
+    promised: usize,
     /// Blocks it holds: `hashes[..hashed]` (cached or full), then unhashed ones.
     held: usize,
     hashed: usize,
@@ -84,6 +87,8 @@ pub struct Scheduler {
     block_size: usize,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
+    /// Requests preempted so far (vLLM's `num_preemptions`).
+    preemptions: u64,
 }
 
 impl Scheduler {
@@ -96,11 +101,17 @@ impl Scheduler {
             block_size,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            preemptions: 0,
         }
     }
 
     pub fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    /// Requests preempted so far (vLLM's `num_preemptions`).
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -146,7 +157,7 @@ impl Scheduler {
             computed: 0,
             cached: 0,
             generated: 0,
-            total_blocks: 0,
+            promised: 0,
             held: 0,
             hashed: 0,
         });
@@ -174,6 +185,7 @@ impl Scheduler {
             .collect();
         budget = budget.saturating_sub(decoding.len());
         let block_size = self.block_size;
+        let decoding = self.make_room_for_decodes(decoding);
         for &i in &decoding {
             let seq = &mut self.running[i];
             seq.generated += 1;
@@ -203,8 +215,10 @@ impl Scheduler {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
-            let total = self
-                .total_blocks(seq.prompt_tokens, seq.max_tokens)
+            // The prompt's blocks (the first output token's KV is the prompt's last).
+            let total = seq
+                .prompt_tokens
+                .div_ceil(self.block_size)
                 .max(seq.hashes.len());
             let hit =
                 match self
@@ -221,9 +235,12 @@ impl Scheduler {
             // is always computed to sample from), in whole blocks.
             let cached =
                 hit.min(seq.prompt_tokens.saturating_sub(1) / self.block_size) * self.block_size;
-            seq.cached = cached;
+            // A preempted request keeps the hits of its first admission (vLLM reports those).
+            if seq.generated == 0 {
+                seq.cached = cached;
+            }
             seq.computed = cached;
-            seq.total_blocks = total;
+            seq.promised = total.saturating_sub(hit);
             seq.held = hit;
             seq.hashed = hit;
             self.running.push(seq);
@@ -241,11 +258,8 @@ impl Scheduler {
             let s = &self.running[k];
             if s.computed >= s.prompt_tokens && s.generated >= s.max_tokens {
                 let s = self.running.remove(k);
-                self.cache.release_request(
-                    &s.hashes[..s.hashed],
-                    s.held - s.hashed,
-                    s.total_blocks.saturating_sub(s.held),
-                );
+                self.cache
+                    .release_request(&s.hashes[..s.hashed], s.held - s.hashed, s.promised);
                 out.finished.push(Finished {
                     id: s.id,
                     prompt_tokens: s.prompt_tokens,
@@ -259,7 +273,8 @@ impl Scheduler {
         out
     }
 
-    /// Takes the blocks `seq` needs to hold `tokens` tokens of KV (evicting as needed).
+    /// Takes the blocks `seq` needs to hold `tokens` tokens of KV (evicting as needed):
+    /// promised ones first, then spare ones (callers made sure there are enough).
     fn take_blocks(
         cache: &mut PrefixCache,
         seq: &mut Seq,
@@ -267,10 +282,48 @@ impl Scheduler {
         block_size: usize,
         removed: &mut Vec<u64>,
     ) {
-        let need = tokens.div_ceil(block_size).min(seq.total_blocks);
+        let need = tokens.div_ceil(block_size);
         while seq.held < need {
-            cache.take_block(removed);
+            if seq.promised > 0 {
+                cache.take_block(removed);
+                seq.promised -= 1;
+            } else {
+                cache.take_spare_block(removed);
+            }
             seq.held += 1;
+        }
+    }
+
+    /// Blocks the decoding sequence `i` needs beyond what it holds and was promised.
+    fn decode_shortfall(&self, i: usize) -> usize {
+        let seq = &self.running[i];
+        let kv = seq.prompt_tokens + seq.generated;
+        kv.div_ceil(self.block_size)
+            .saturating_sub(seq.held + seq.promised)
+    }
+
+    /// Preempts the requests admitted last until this step's decodes have the blocks they
+    /// need, as vLLM's V1 does; returns the decoding indices still running.
+    fn make_room_for_decodes(&mut self, mut decoding: Vec<usize>) -> Vec<usize> {
+        loop {
+            let short: usize = decoding.iter().map(|&i| self.decode_shortfall(i)).sum();
+            if short <= self.cache.spare_blocks() || self.running.len() <= 1 {
+                return decoding;
+            }
+            let victim = self.running.len() - 1;
+            let mut seq = self.running.remove(victim);
+            self.cache.release_request(
+                &seq.hashes[..seq.hashed],
+                seq.held - seq.hashed,
+                seq.promised,
+            );
+            seq.computed = 0;
+            seq.held = 0;
+            seq.hashed = 0;
+            seq.promised = 0;
+            self.waiting.push_front(seq);
+            self.preemptions += 1;
+            decoding.retain(|&i| i != victim);
         }
     }
 
@@ -313,8 +366,9 @@ impl Scheduler {
             &mut out.removed,
         );
         Self::hash_full_blocks(&mut self.cache, seq, seq.computed, block_size, out);
-        if seq.computed >= seq.prompt_tokens {
-            // The step that finishes a prefill samples the first token.
+        if seq.computed >= seq.prompt_tokens && seq.generated == 0 {
+            // The step that finishes a prefill samples the first token (a preempted
+            // request's recompute does not: it already streamed its tokens).
             seq.generated = 1;
             out.first_tokens.push(FirstToken {
                 id: seq.id,
@@ -359,7 +413,7 @@ mod tests {
     #[test]
     fn scheduler_reproduces_the_calibrated_cold_and_cached_ttft() {
         let prompt: Vec<u32> = (0..10_000u32).map(|i| 1000 + i % 30_000).collect();
-        let mut s = Scheduler::new(TimingModel::default(), 307_328, 64);
+        let mut s = Scheduler::new(TimingModel::seed_single_instance(), 307_328, 64);
         s.submit(1, hashes(&prompt), prompt.len(), 4);
         let (cold, cached0) = ttft(&mut s, 1);
         drain(&mut s);
@@ -375,7 +429,7 @@ mod tests {
     fn long_prompts_are_stored_in_budget_sized_chunks() {
         let prompt: Vec<u32> = (0..5_000u32).collect();
         let h = hashes(&prompt);
-        let mut s = Scheduler::new(TimingModel::default(), 307_328, 64);
+        let mut s = Scheduler::new(TimingModel::seed_single_instance(), 307_328, 64);
         s.submit(1, h.clone(), prompt.len(), 2);
         let a = s.step();
         let b = s.step();
@@ -500,6 +554,30 @@ mod tests {
         }
         assert_eq!(n, 1);
         assert_eq!(plain.cache.used_blocks(), 0);
+    }
+
+    #[test]
+    fn output_blocks_are_taken_as_decoding_needs_them_and_the_last_admitted_is_preempted() {
+        // 6 blocks of 4 tokens. Two 8-token prompts (2 blocks each) are both admitted: their
+        // output is not reserved. Each needs 4 blocks by its 9th token, 8 in all, so the one
+        // admitted last is preempted, recomputed after, and still streams 9 tokens.
+        let mut s = Scheduler::new(TimingModel::default(), 24, 4);
+        s.submit(1, hashes_bs(&(0..8).collect::<Vec<_>>(), 4), 8, 9);
+        s.submit(2, hashes_bs(&(100..108).collect::<Vec<_>>(), 4), 8, 9);
+        let first = s.step();
+        assert_eq!((s.num_running(), first.first_tokens.len()), (2, 2));
+        let mut firsts = 0;
+        let mut done = Vec::new();
+        while !s.is_idle() {
+            let out = s.step();
+            firsts += out.first_tokens.len();
+            done.extend(out.finished);
+        }
+        assert!(s.preemptions() >= 1);
+        assert_eq!(firsts, 0, "a recompute streams no second first token");
+        assert_eq!(done.iter().map(|f| f.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(done.iter().all(|f| f.output_tokens == 9));
+        assert_eq!(s.cache.used_blocks(), 0);
     }
 
     fn hashes_bs(tokens: &[u32], bs: usize) -> Vec<u64> {

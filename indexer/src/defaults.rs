@@ -21,8 +21,6 @@ pub const EXTRA_KEYS: ExtraKeysStyle = ExtraKeysStyle::Tagged;
 pub const MODE: RouteMode = RouteMode::Precise;
 /// Keys the index holds before forgetting the oldest (~60 bytes each).
 pub const MAX_ENTRIES: usize = 4_000_000;
-/// How long a decision counts as its pod holding the keys (precise mode).
-pub const PROVISIONAL_TTL_MS: u64 = 2000;
 /// How long a route is remembered in estimate mode.
 pub const ESTIMATE_TTL_SECS: u64 = 600;
 /// An in-flight decision without a completion report is released after this long.
@@ -43,12 +41,6 @@ pub const TOPIC_PATTERN: &str = "kv@{host}@{model}";
 /// An engine silent this long is health-checked, and dropped if it does not answer.
 pub const SILENCE_TIMEOUT_SECS: u64 = 60;
 
-// --- scoring (`ScoringWeights`), argued in docs/indexer.md ----------------------------
+// --- scoring: its weights and defaults live in `kvroute-scoring` (shared with the fleet
+// model), re-exported as `ScoringWeights`.
 
-pub const LOWER_TIER_WEIGHT: f64 = 0.5;
-pub const WAITING_COST: f64 = 2048.0;
-pub const RUNNING_COST: f64 = 128.0;
-pub const IN_FLIGHT_COST: f64 = 1024.0;
-pub const KV_USAGE_COST: f64 = 4096.0;
-pub const SPILL_WAITING: f64 = 16.0;
-pub const CACHE_WEIGHT: f64 = 1.0;

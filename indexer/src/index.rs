@@ -96,6 +96,11 @@ pub trait PodIndex: Send + Sync {
     fn entries(&self) -> usize;
     /// Blocks held per pod, by medium (GPU, lower tiers), for `/v1/pods`.
     fn blocks_per_pod(&self) -> HashMap<PodId, (usize, usize)>;
+    /// Whether `pod` holds `key` on any tier: how the router learns that a decision's last
+    /// prompt block was stored, i.e. its prefill is done.
+    fn holds(&self, pod: &PodId, key: u64) -> bool {
+        self.match_prefix(&[key]).iter().any(|m| &m.pod == pod)
+    }
 }
 
 /// A key's holders: [`INLINE`] holder words packed at the front (0 = none), or

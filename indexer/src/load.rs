@@ -1,53 +1,78 @@
-//! Load per pod: the indexer's own in-flight decisions and each pod's vLLM metrics.
+//! Load per pod: the indexer's own decisions in flight and each pod's vLLM metrics.
 //!
-//! Metrics lag: a pod scraped a second ago does not show the requests just sent to it.
-//! Counting in-flight decisions closes that gap; they are released when the filter reports
-//! the request complete, or after a TTL in case that report is lost.
+//! Metrics lag and do not say how much work a queued request is; the indexer's own
+//! decisions say both. They live in a `kvroute_scoring::Ledger` (shared with the simulator's
+//! fleet model): each decision's uncached tokens count as pending prefill until the pod
+//! stores its last block or the scraped FIFO queue shows it admitted, and its keys count as
+//! held until the filter reports the request complete, or after a TTL in case that report
+//! is lost.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvroute_scoring::{Ledger, Pending};
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::index::PodMatch;
 use crate::pods::PodRegistry;
 use crate::types::PodId;
 
 /// In-flight decisions, by ticket.
 #[derive(Debug)]
 pub struct InFlight {
-    next: AtomicU64,
     ttl: Duration,
-    tickets: Mutex<HashMap<u64, (PodId, Instant)>>,
+    /// Origin of the ledger's seconds.
+    epoch: Instant,
+    ledger: Mutex<Ledger<PodId>>,
 }
 
 impl InFlight {
     pub fn new(ttl: Duration) -> Self {
         Self {
-            next: AtomicU64::new(1),
             ttl,
-            tickets: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            ledger: Mutex::new(Ledger::new()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (PodId, Instant)>> {
-        self.tickets.lock()
+    fn lock(&self) -> MutexGuard<'_, Ledger<PodId>> {
+        self.ledger.lock()
     }
 
-    /// A decision was sent to `pod`: count it and return its ticket.
-    pub fn start(&self, pod: &PodId, registry: &PodRegistry) -> u64 {
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(ticket, (pod.clone(), Instant::now()));
+    fn seconds(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
+    /// Runs `decide` with the ledger locked, so concurrent decisions see each other's
+    /// pending work; `decide` gets the ledger and the current time in its seconds.
+    pub fn with_ledger<R>(&self, decide: impl FnOnce(&mut Ledger<PodId>, f64) -> R) -> R {
+        let now = self.seconds(Instant::now());
+        decide(&mut self.lock(), now)
+    }
+
+    /// A decision was sent to `pod`: count it on the pod's load.
+    pub fn started(&self, pod: &PodId, registry: &PodRegistry) {
         registry.set_load(pod, |l| l.in_flight += 1);
+    }
+
+    /// A decision sent to `pod` that queues `uncached_tokens` of prefill; returns its ticket.
+    pub fn start(
+        &self,
+        pod: &PodId,
+        keys: &[u64],
+        uncached_tokens: f64,
+        registry: &PodRegistry,
+    ) -> u64 {
+        let ticket = self.with_ledger(|l, now| l.start(pod, keys, uncached_tokens, now));
+        self.started(pod, registry);
         ticket
     }
 
     /// The request behind `ticket` finished; false if unknown (already expired or done).
     pub fn complete(&self, ticket: u64, registry: &PodRegistry) -> bool {
-        let done = self.lock().remove(&ticket);
+        let done = self.lock().complete(ticket);
         match done {
-            Some((pod, _)) => {
+            Some(pod) => {
                 registry.set_load(&pod, |l| l.in_flight = l.in_flight.saturating_sub(1));
                 true
             }
@@ -57,20 +82,41 @@ impl InFlight {
 
     /// Release decisions older than the TTL; returns how many.
     pub fn expire(&self, registry: &PodRegistry) -> usize {
-        let ttl = self.ttl;
-        let mut expired = Vec::new();
-        self.lock().retain(|_, (pod, at)| {
-            let keep = at.elapsed() < ttl;
-            if !keep {
-                expired.push(pod.clone());
-            }
-            keep
-        });
+        let now = self.seconds(Instant::now());
+        let expired = self.lock().expire(now - self.ttl.as_secs_f64());
         for pod in &expired {
             registry.set_load(pod, |l| l.in_flight = l.in_flight.saturating_sub(1));
         }
         expired.len()
     }
+
+    /// A scrape of `pod` sent at `at` saw `waiting` queued.
+    pub fn observe_queue(&self, pod: &PodId, waiting: f64, at: Instant) {
+        let at = self.seconds(at);
+        self.lock().observe_queue(pod, waiting, at);
+    }
+
+    pub fn pending(&self, pod: &PodId) -> Pending {
+        self.lock().pending(pod)
+    }
+
+    /// The pods that in-flight decisions will have filled with a prefix of `keys`.
+    pub fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
+        ledger_matches(&self.lock(), keys)
+    }
+}
+
+/// The ledger's holdings as index matches (on the GPU: a running request's blocks are).
+pub fn ledger_matches(ledger: &Ledger<PodId>, keys: &[u64]) -> Vec<PodMatch> {
+    ledger
+        .match_prefix(keys)
+        .into_iter()
+        .map(|(pod, n)| PodMatch {
+            pod,
+            gpu_blocks: n,
+            any_tier_blocks: n,
+        })
+        .collect()
 }
 
 /// The vLLM gauges that load is made of, from a Prometheus text page.
@@ -135,6 +181,7 @@ pub async fn scrape_loop(
         endpoints.dedup();
         for endpoint in endpoints {
             let url = format!("http://{endpoint}/metrics");
+            let sent = Instant::now();
             let gauges = match client.get(&url).send().await {
                 Ok(r) if r.status().is_success() => match r.text().await {
                     Ok(t) => parse_vllm_metrics(&t),
@@ -152,6 +199,7 @@ pub async fn scrape_loop(
                     l.running = gauges.running;
                     l.kv_usage = gauges.kv_usage;
                 });
+                in_flight.observe_queue(&pod, gauges.waiting, sent);
             }
         }
     }
@@ -187,9 +235,11 @@ mod tests {
         };
         reg.add(pod.clone());
         let f = InFlight::new(Duration::from_millis(30));
-        let t = f.start(&pod, &reg);
-        f.start(&pod, &reg);
+        let t = f.start(&pod, &[1, 2], 640.0, &reg);
+        f.start(&pod, &[1], 64.0, &reg);
         assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 2);
+        assert_eq!(f.pending(&pod).tokens, 704.0);
+        assert_eq!(f.match_prefix(&[1, 2])[0].gpu_blocks, 2);
         assert!(f.complete(t, &reg));
         assert!(!f.complete(t, &reg));
         std::thread::sleep(Duration::from_millis(40));

@@ -1,11 +1,9 @@
-//! What the indexer decided recently, remembered as if the pod already held it.
+//! Estimate mode's memory: what the indexer routed, remembered as if the pod held it.
 //!
-//! Precise mode has a blind spot: a pod publishes `BlockStored` only after it prefilled the
-//! request, so a burst of requests sharing a new prefix would spread over pods before the
-//! first events land. Each decision is therefore recorded as provisional holdings of the
-//! request's keys on the chosen pod, for a short TTL (default 2 s), until the real events
-//! arrive. Estimation mode (engines that publish no events) is the same memory with a long
-//! TTL: the route taken is the only knowledge there is.
+//! Engines that publish no KV events leave the route taken as the only knowledge there is,
+//! so each decision is remembered for a long TTL (`--estimate-ttl-secs`). Precise mode does
+//! not use it: its blind spot (a pod publishes `BlockStored` only after prefill) is covered
+//! by the ledger of decisions in flight, whose keys count as held until the request ends.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,18 +1,21 @@
 //! The routing decision: index matches (plus recent decisions), pod loads, scoring.
 //!
 //! Shared by `/v1/route` (block hashes from the filter) and `/v1/route/prompt` (a raw body
-//! tokenized here). Every decision is counted as in flight on its pod and remembered as
-//! provisional holdings of its keys (see `route_memory`).
+//! tokenized here). Every decision goes into the ledger of decisions in flight (see `load`):
+//! its uncached tokens are pending prefill on its pod until the pod stores its last block,
+//! and its keys count as held there until the request ends, which covers the moments before
+//! the engine's events arrive. Estimate mode adds its long memory of routes (`route_memory`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::index::PodIndex;
+use crate::load::ledger_matches;
 use crate::load::InFlight;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pods::PodRegistry;
 use crate::route_memory::{merge_matches, RouteMemory};
-use crate::scoring::{Candidate, Reason, ScoringWeights};
+use crate::scoring::{decide, Candidate, Reason, ScoringWeights};
 
 /// Where precise knowledge comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -71,21 +74,38 @@ impl Router {
             self.count_error(&err);
             return Err(err);
         }
-        let remembered = self.memory.match_prefix(keys);
-        let matches = match self.mode {
-            RouteMode::Precise => merge_matches(self.index.match_prefix(keys), remembered),
-            RouteMode::Estimate => remembered,
-        };
         let block_size = self
             .registry
             .block_size(model)
             .unwrap_or(self.default_block_size);
-        let decision = self
-            .weights
-            .choose(&pods, &matches, block_size, keys.first().copied())
+        let indexed = match self.mode {
+            RouteMode::Precise => self.index.match_prefix(keys),
+            RouteMode::Estimate => self.memory.match_prefix(keys),
+        };
+        // One lock over read-decide-record, so concurrent decisions see each other's work.
+        let (decision, ticket) = self
+            .in_flight
+            .with_ledger(|ledger, now| {
+                if self.mode == RouteMode::Precise {
+                    ledger.confirm(|pod, key| self.index.holds(pod, key));
+                }
+                let matches = merge_matches(indexed, ledger_matches(ledger, keys));
+                let pods: Vec<_> = pods
+                    .into_iter()
+                    .map(|(pod, load)| {
+                        let pending = ledger.pending(&pod);
+                        (pod, load, pending)
+                    })
+                    .collect();
+                let decision = decide(&self.weights, &pods, &matches, keys, block_size)?;
+                let ticket = ledger.start(&decision.pod, keys, decision.uncached_tokens, now);
+                Some((decision, ticket))
+            })
             .ok_or_else(|| RouteError::NoLivePod(model.to_owned()))?;
-        let ticket = self.in_flight.start(&decision.pod, &self.registry);
-        self.memory.record(&decision.pod, keys);
+        self.in_flight.started(&decision.pod, &self.registry);
+        if self.mode == RouteMode::Estimate {
+            self.memory.record(&decision.pod, keys);
+        }
         self.metrics
             .route_decisions
             .get_or_create(&ReasonLabel {

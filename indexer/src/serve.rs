@@ -58,9 +58,6 @@ pub struct ServeConfig {
     /// (this over the engines known) and forgets its oldest first.
     #[arg(long, default_value_t = defaults::MAX_ENTRIES)]
     pub max_entries: usize,
-    /// How long a decision counts as the pod holding its keys (precise mode).
-    #[arg(long, default_value_t = defaults::PROVISIONAL_TTL_MS)]
-    pub provisional_ttl_ms: u64,
     /// How long a route is remembered in estimate mode.
     #[arg(long, default_value_t = defaults::ESTIMATE_TTL_SECS)]
     pub estimate_ttl_secs: u64,
@@ -90,7 +87,6 @@ impl Default for ServeConfig {
             extra_keys: defaults::EXTRA_KEYS,
             mode: defaults::MODE,
             max_entries: defaults::MAX_ENTRIES,
-            provisional_ttl_ms: defaults::PROVISIONAL_TTL_MS,
             estimate_ttl_secs: defaults::ESTIMATE_TTL_SECS,
             in_flight_ttl_secs: defaults::IN_FLIGHT_TTL_SECS,
             scrape_interval_ms: defaults::SCRAPE_INTERVAL_MS,
@@ -154,8 +150,9 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
         hash.clone(),
         config.extra_keys,
     )?);
+    // Precise mode needs no memory of routes beyond the ledger of decisions in flight.
     let memory_ttl = match config.mode {
-        RouteMode::Precise => Duration::from_millis(config.provisional_ttl_ms),
+        RouteMode::Precise => Duration::ZERO,
         RouteMode::Estimate => Duration::from_secs(config.estimate_ttl_secs),
     };
     let lora_bases = config

@@ -62,8 +62,8 @@ fn full_blocks(body: &Value) -> usize {
 }
 
 /// Polls the route of `body` until `check` accepts it (events travel asynchronously).
-/// Each poll's decision is reported complete at once, and the indexers of these tests keep
-/// no provisional holdings, so polling does not load or teach the index anything.
+/// Each poll's decision is reported complete at once, which ends its holdings and pending
+/// work, so polling does not load or teach the index anything.
 fn route_until(indexer: &KvrouteServe, body: &Value, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -108,8 +108,6 @@ fn maps_from_connected_engines_route_each_prompt_to_its_engine_and_follow_evicti
         &format!("Qwen3-32B={}", qwen3_dir()),
         "--hash-seed",
         "42",
-        "--provisional-ttl-ms",
-        "1",
     ]);
     for ip in &engines_ips {
         serve.extend(args(&["--engine", &ip.to_string()]));
@@ -193,8 +191,6 @@ fn arrays_from_bound_engines_are_rekeyed_from_their_tokens_and_replayed() {
         &format!("Qwen3-32B={}", qwen3_dir()),
         "--hash-seed",
         "7",
-        "--provisional-ttl-ms",
-        "1",
     ]);
     for ip in &engines_ips {
         serve.extend(args(&["--engine", &format!("{ip}:{zmq}")]));
@@ -371,8 +367,6 @@ fn bytes_hashes_route_and_a_prefix_cache_reset_clears_the_engine() {
             &ip.to_string(),
             "--model",
             &format!("Qwen3-32B={}", qwen3_dir()),
-            "--provisional-ttl-ms",
-            "1",
         ]),
         &dir,
     )

@@ -41,10 +41,7 @@ fn seed_round2_follows_round1_and_the_killed_indexer_fails_open() {
         .backends(3)
         .qwen3()
         .kv_engines()
-        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[
-            "--provisional-ttl-ms",
-            "1",
-        ])))
+        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])))
         .start()
         .expect("stack");
     let r1 = stack.chat(&capture("round1")).expect("round1");
@@ -156,10 +153,7 @@ fn eight_backends_twenty_prefixes_each_follow_up_finds_its_prefix() {
         .backends(8)
         .qwen3()
         .kv_engines()
-        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[
-            "--provisional-ttl-ms",
-            "1",
-        ])))
+        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])))
         .start()
         .expect("stack");
     let mut rng = StdRng::seed_from_u64(7);

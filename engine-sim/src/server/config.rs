@@ -11,7 +11,7 @@ use kvroute_blockhash::{ExtraKeysStyle, HashConfig, HashScheme};
 use kvroute_kvevents::WireGeneration;
 
 use crate::server::ServerError;
-use crate::timing::TimingModel;
+use crate::timing::{Profile, TimingModel};
 
 /// Which generation of vLLM's KV-event wire to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +82,9 @@ pub struct EngineConfig {
     /// Output tokens when a request sets neither max_tokens nor max_completion_tokens.
     #[arg(long, default_value_t = 16)]
     pub default_max_tokens: usize,
+    /// The engine's timing profile (docs/engine-sim.md derives each).
+    #[arg(long, value_enum, default_value_t = Profile::default())]
+    pub profile: Profile,
     /// vLLM's --max-num-seqs.
     #[arg(long)]
     pub max_num_seqs: Option<usize>,
@@ -141,7 +144,7 @@ impl EngineConfig {
     }
 
     pub fn timing(&self) -> TimingModel {
-        let mut timing = TimingModel::default();
+        let mut timing = self.profile.timing();
         if let Some(n) = self.max_num_seqs {
             timing.max_running = n.max(1);
         }

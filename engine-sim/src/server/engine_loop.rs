@@ -221,8 +221,15 @@ impl Core {
                 out.duration / self.time_scale
             };
             let now = Instant::now();
-            // A stall (a loaded machine) is not made up beyond MAX_LAG.
-            let from = clock.map_or(now, |c| c.max(now.checked_sub(MAX_LAG).unwrap_or(now)));
+            // A stall (a loaded machine) is not made up beyond MAX_LAG: what it loses beyond
+            // that dilates engine time, and is counted so a benchmark can say so.
+            let floor = now.checked_sub(MAX_LAG).unwrap_or(now);
+            if let Some(c) = clock {
+                if c < floor {
+                    self.metrics.add_dilation((floor - c).as_secs_f64());
+                }
+            }
+            let from = clock.map_or(now, |c| c.max(floor));
             let until = from + Duration::from_secs_f64(pause);
             tokio::time::sleep_until(until).await;
             clock = Some(until);

@@ -26,6 +26,9 @@ pub struct EngineMetrics {
     prompt_tokens: Family<EngineLabels, Counter>,
     generation_tokens: Family<EngineLabels, Counter>,
     request_success: Family<EngineLabels, Counter>,
+    /// Not vLLM's: wall seconds the simulated clock fell behind and never made up (the
+    /// machine starved the engine), so a benchmark can tell a dilated run.
+    dilation: Counter<f64, AtomicU64>,
     registry: Registry,
 }
 
@@ -85,6 +88,12 @@ impl EngineMetrics {
             "Count of successfully processed requests",
             request_success.clone(),
         );
+        let dilation = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "kvroute_sim_dilation_seconds",
+            "Wall seconds the simulated clock fell behind real time and did not make up",
+            dilation.clone(),
+        );
         // Every series exists from the start (vLLM exports zeros before the first request).
         let m = Self {
             labels,
@@ -96,6 +105,7 @@ impl EngineMetrics {
             prompt_tokens,
             generation_tokens,
             request_success,
+            dilation,
             registry,
         };
         m.set_queues(0, 0, 0.0);
@@ -133,6 +143,11 @@ impl EngineMetrics {
             .get_or_create(&self.labels)
             .inc_by(output_tokens);
         self.request_success.get_or_create(&self.labels).inc();
+    }
+
+    /// The engine loop fell `seconds` of wall time behind its simulated clock for good.
+    pub fn add_dilation(&self, seconds: f64) {
+        self.dilation.inc_by(seconds);
     }
 
     /// The Prometheus text page.

@@ -1,0 +1,298 @@
+//! The router's own decisions, from routing to the end of the request: the prefill work it
+//! queued on each pod, and the keys each pod will hold.
+//!
+//! A pod's metrics lag and say nothing about size: a scrape a second old does not show the
+//! requests just sent, and "40 waiting" does not say whether they are 40 cache hits or 40
+//! cold prompts. The router knows both for its own traffic, since it priced every decision.
+//! A decision's uncached tokens count as pending prefill until the pod has prefilled it:
+//! known when the pod stores the request's last prompt block (its KV events, [`Ledger::confirm`])
+//! or when the pod's FIFO queue, as scraped, no longer holds it ([`Ledger::observe_queue`]).
+//! Its keys count as held by the pod until the request ends (a running request's blocks
+//! cannot be evicted; after that the engine's events say what stays), not for a fixed time.
+//! Times are the caller's seconds; nothing here reads a clock.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// The work one pod has pending from this router.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pending {
+    /// Decisions not yet prefilled.
+    pub requests: u32,
+    /// Their uncached prompt tokens, as priced when routed.
+    pub tokens: f64,
+    /// Decisions not yet ended (prefilled or not).
+    pub in_flight: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Ticket<P> {
+    pod: P,
+    keys: Vec<u64>,
+    tokens: f64,
+    prefilled: bool,
+    started: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Book {
+    pending: Pending,
+    /// Key -> how many in-flight decisions on this pod carry it.
+    holdings: HashMap<u64, u32>,
+}
+
+/// Decisions in flight, by ticket.
+#[derive(Debug, Clone)]
+pub struct Ledger<P> {
+    next: u64,
+    tickets: HashMap<u64, Ticket<P>>,
+    /// Tickets not yet prefilled, oldest first (FIFO order of routing).
+    unprefilled: Vec<u64>,
+    books: HashMap<P, Book>,
+}
+
+impl<P> Default for Ledger<P> {
+    fn default() -> Self {
+        Self {
+            next: 1,
+            tickets: HashMap::new(),
+            unprefilled: Vec::new(),
+            books: HashMap::new(),
+        }
+    }
+}
+
+impl<P: Clone + Eq + Hash> Ledger<P> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A request with `keys` was sent to `pod`, `tokens` of its prompt not cached there.
+    pub fn start(&mut self, pod: &P, keys: &[u64], tokens: f64, now: f64) -> u64 {
+        let ticket = self.next;
+        self.next += 1;
+        let book = self.books.entry(pod.clone()).or_default();
+        book.pending.requests += 1;
+        book.pending.tokens += tokens;
+        book.pending.in_flight += 1;
+        for &k in keys {
+            *book.holdings.entry(k).or_default() += 1;
+        }
+        self.tickets.insert(
+            ticket,
+            Ticket {
+                pod: pod.clone(),
+                keys: keys.to_vec(),
+                tokens,
+                prefilled: false,
+                started: now,
+            },
+        );
+        self.unprefilled.push(ticket);
+        ticket
+    }
+
+    fn mark_prefilled(&mut self, ticket: u64) {
+        if let Some(t) = self.tickets.get_mut(&ticket) {
+            if !t.prefilled {
+                t.prefilled = true;
+                if let Some(book) = self.books.get_mut(&t.pod) {
+                    book.pending.requests = book.pending.requests.saturating_sub(1);
+                    book.pending.tokens = (book.pending.tokens - t.tokens).max(0.0);
+                }
+            }
+        }
+    }
+
+    fn sweep_unprefilled(&mut self) {
+        let tickets = &self.tickets;
+        self.unprefilled
+            .retain(|t| tickets.get(t).is_some_and(|t| !t.prefilled));
+    }
+
+    /// Marks prefilled every pending decision whose last key `held(pod, key)` says the pod
+    /// now stores (its `BlockStored` arrived). Returns how many.
+    pub fn confirm(&mut self, held: impl Fn(&P, u64) -> bool) -> usize {
+        let done: Vec<u64> = self
+            .unprefilled
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.tickets
+                    .get(t)
+                    .is_some_and(|t| t.keys.last().is_some_and(|&k| held(&t.pod, k)))
+            })
+            .collect();
+        for &t in &done {
+            self.mark_prefilled(t);
+        }
+        if !done.is_empty() {
+            self.sweep_unprefilled();
+        }
+        done.len()
+    }
+
+    /// A scrape sent at `at` found `waiting` requests queued on `pod`. vLLM's queue is FIFO,
+    /// so of our decisions routed there before `at`, all but the newest `waiting` were
+    /// admitted, and admission prefills in the next step (chunked prefill). Returns how many
+    /// were marked prefilled.
+    pub fn observe_queue(&mut self, pod: &P, waiting: f64, at: f64) -> usize {
+        let before: Vec<u64> = self
+            .unprefilled
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.tickets
+                    .get(t)
+                    .is_some_and(|t| &t.pod == pod && t.started <= at)
+            })
+            .collect();
+        let still_queued = waiting.max(0.0).ceil() as usize;
+        let admitted = before.len().saturating_sub(still_queued);
+        for &t in &before[..admitted] {
+            self.mark_prefilled(t);
+        }
+        if admitted > 0 {
+            self.sweep_unprefilled();
+        }
+        admitted
+    }
+
+    /// The request behind `ticket` ended: its pod, or None if unknown (already ended).
+    pub fn complete(&mut self, ticket: u64) -> Option<P> {
+        self.mark_prefilled(ticket);
+        let t = self.tickets.remove(&ticket)?;
+        self.unprefilled.retain(|&u| u != ticket);
+        if let Some(book) = self.books.get_mut(&t.pod) {
+            book.pending.in_flight = book.pending.in_flight.saturating_sub(1);
+            for k in &t.keys {
+                if let Some(n) = book.holdings.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        book.holdings.remove(k);
+                    }
+                }
+            }
+        }
+        Some(t.pod)
+    }
+
+    /// Ends decisions started before `cutoff` (their completion report was lost); returns
+    /// their pods, one per decision.
+    pub fn expire(&mut self, cutoff: f64) -> Vec<P> {
+        let old: Vec<u64> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| t.started < cutoff)
+            .map(|(&id, _)| id)
+            .collect();
+        old.into_iter().filter_map(|t| self.complete(t)).collect()
+    }
+
+    /// Forget a pod (dropped from the fleet): its decisions end.
+    pub fn forget_pod(&mut self, pod: &P) {
+        let gone: Vec<u64> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| &t.pod == pod)
+            .map(|(&id, _)| id)
+            .collect();
+        for t in gone {
+            self.complete(t);
+        }
+        self.books.remove(pod);
+    }
+
+    pub fn pending(&self, pod: &P) -> Pending {
+        self.books.get(pod).map(|b| b.pending).unwrap_or_default()
+    }
+
+    /// For each pod holding `keys[0]` through in-flight decisions: its run of `keys` from
+    /// the first.
+    pub fn match_prefix(&self, keys: &[u64]) -> Vec<(P, usize)> {
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
+        self.books
+            .iter()
+            .filter(|(_, b)| b.holdings.contains_key(first))
+            .map(|(pod, b)| {
+                let run = keys
+                    .iter()
+                    .take_while(|k| b.holdings.contains_key(k))
+                    .count();
+                (pod.clone(), run)
+            })
+            .collect()
+    }
+
+    /// Decisions not yet ended.
+    pub fn len(&self) -> usize {
+        self.tickets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tickets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_work_ends_when_the_last_block_is_stored() {
+        let mut l: Ledger<u8> = Ledger::new();
+        let a = l.start(&1, &[10, 11, 12], 1_000.0, 0.0);
+        l.start(&1, &[20, 21], 500.0, 0.1);
+        assert_eq!(
+            l.pending(&1),
+            Pending {
+                requests: 2,
+                tokens: 1_500.0,
+                in_flight: 2
+            }
+        );
+        // Block 11 stored: not the last, still pending. Block 12: prefilled.
+        assert_eq!(l.confirm(|_, k| k == 11), 0);
+        assert_eq!(l.confirm(|p, k| *p == 1 && k == 12), 1);
+        assert_eq!(l.pending(&1).tokens, 500.0);
+        assert_eq!(l.pending(&1).in_flight, 2);
+        // Holdings last until the request ends, not until a timer fires.
+        assert_eq!(l.match_prefix(&[10, 11, 99]), vec![(1, 2)]);
+        assert_eq!(l.complete(a), Some(1));
+        assert_eq!(l.complete(a), None);
+        assert!(l.match_prefix(&[10, 11]).is_empty());
+        assert_eq!(l.pending(&1).in_flight, 1);
+    }
+
+    #[test]
+    fn a_scraped_fifo_queue_admits_the_oldest_first() {
+        let mut l: Ledger<u8> = Ledger::new();
+        for i in 0..5 {
+            l.start(&1, &[i], 100.0, f64::from(i as u8));
+        }
+        l.start(&2, &[50], 100.0, 0.5);
+        // Scrape sent at t=3.5 saw 1 waiting: of the 4 routed before, 3 were admitted; the
+        // one routed at t=4 is not in that scrape at all.
+        assert_eq!(l.observe_queue(&1, 1.0, 3.5), 3);
+        assert_eq!(l.pending(&1).requests, 2);
+        assert_eq!(l.pending(&1).tokens, 200.0);
+        assert_eq!(l.pending(&2).requests, 1, "other pods untouched");
+        assert_eq!(l.observe_queue(&1, 0.0, 10.0), 2);
+        assert_eq!(l.pending(&1).tokens, 0.0);
+    }
+
+    #[test]
+    fn lost_completions_expire() {
+        let mut l: Ledger<u8> = Ledger::new();
+        l.start(&1, &[1], 10.0, 0.0);
+        l.start(&1, &[1], 10.0, 5.0);
+        assert_eq!(l.expire(1.0), vec![1]);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.match_prefix(&[1]), vec![(1, 1)]);
+        l.forget_pod(&1);
+        assert!(l.is_empty());
+        assert_eq!(l.pending(&1), Pending::default());
+    }
+}
