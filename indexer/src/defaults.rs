@@ -43,4 +43,3 @@ pub const SILENCE_TIMEOUT_SECS: u64 = 60;
 
 // --- scoring: its weights and defaults live in `kvroute-scoring` (shared with the fleet
 // model), re-exported as `ScoringWeights`.
-
