@@ -2,18 +2,23 @@
 """Regenerates tests/vectors/hashes.json with the real Python implementations vLLM uses.
 
 vLLM hashes a block as H((parent, tuple(tokens), extra_keys_or_None)) with
-H = sha256 / xxh3_128 over cbor2's canonical encoding, NONE_HASH = H(seed). This script
-computes exactly that with cbor2, hashlib and xxhash, so the Rust hasher is checked against
-the reference libraries rather than against itself. When `import vllm` works, vLLM's own
-hash functions cross-check the vectors too.
+H = sha256 / xxh3_128 over cbor2's canonical encoding (`*_cbor`) or over
+`pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)` (`sha256`, vLLM's default, and
+`xxhash`), NONE_HASH = H(seed). This script computes exactly that with cbor2, pickle, hashlib
+and xxhash, so the Rust hasher is checked against the reference libraries rather than
+against itself. When `import vllm` works, or vLLM's source is given, vLLM's own hash
+functions cross-check the vectors too.
 
 Usage: .venv/bin/python scripts/gen_hash_vectors.py [VLLM_SOURCE_DIR ...]
-(writes tests/vectors/hashes.json). Each VLLM_SOURCE_DIR is an unpacked vLLM sdist, e.g. one
-with sha256_cbor_64bit (0.10.0-0.10.1) and a current one (sha256_cbor, xxhash_cbor).
+(writes tests/vectors/hashes.json). Each VLLM_SOURCE_DIR holds a `vllm/` package: an
+unpacked vLLM sdist or wheel (`pip download vllm==0.32.0 --no-deps`), or a site-packages
+where vLLM is installed; e.g. one with sha256_cbor_64bit (0.10.0-0.10.1) and a current one
+(sha256, sha256_cbor, xxhash, xxhash_cbor).
 """
 import hashlib
 import json
 import os
+import pickle
 import sys
 
 import cbor2
@@ -36,11 +41,29 @@ def xxhash_cbor(x):
     return xxhash.xxh3_128_digest(cbor2.dumps(x, canonical=True))
 
 
+def sha256(x):
+    # vLLM's default: pickle at the highest protocol (5 in every Python vLLM supports).
+    return hashlib.sha256(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+
+
+def xxhash_pickle(x):
+    return xxhash.xxh3_128_digest(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 SCHEMES = {
     "sha256_cbor": sha256_cbor,
     "sha256_cbor_64bit": sha256_cbor_64bit,
     "xxhash_cbor": xxhash_cbor,
+    "sha256": sha256,
+    "xxhash": xxhash_pickle,
 }
+PICKLED = {"sha256", "xxhash"}
+
+
+def serialize(scheme, x):
+    if scheme in PICKLED:
+        return pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)
+    return cbor2.dumps(x, canonical=True)
 
 
 def event_value(digest):
@@ -97,6 +120,33 @@ def token_sets():
     }
 
 
+def big_token_sets():
+    # Blocks whose pickle passes pickle's 64 KiB frame size (frames split at object
+    # boundaries), for the pickled schemes only.
+    return {"frame_split": [70000 + (i * 7919) % 100000 for i in range(14000)]}
+
+
+def case(scheme, h, seed, tok_name, tokens, block_size, extras, style):
+    digests = chain(h, seed, tokens, block_size, extras, style)
+    none = h(seed if seed is not None else DEFAULT_SEED)
+    first_bytes = None
+    if len(tokens) >= block_size:
+        first = (none, tuple(tokens[:block_size]), extra_keys(extras, 0, style))
+        first_bytes = serialize(scheme, first).hex()
+    return {
+        "scheme": scheme,
+        "seed": seed,
+        "block_size": block_size,
+        "tokens": tok_name,
+        "extras": extras,
+        "style": style,
+        "none_hash": hex_of(none),
+        "first_block_bytes": first_bytes,
+        "digests": [hex_of(d) for d in digests],
+        "event_values": [event_value(d) for d in digests],
+    }
+
+
 def main():
     cases = []
     extras_variants = {
@@ -117,31 +167,23 @@ def main():
                                 continue
                             if "lora_int_id" in extras and style == "tagged":
                                 continue
-                            digests = chain(h, seed, tokens, block_size, extras, style)
-                            none = h(seed if seed is not None else DEFAULT_SEED)
-                            first_cbor = None
-                            if len(tokens) >= block_size:
-                                first = (none, tuple(tokens[:block_size]), extra_keys(extras, 0, style))
-                                first_cbor = cbor2.dumps(first, canonical=True).hex()
-                            cases.append({
-                                "scheme": scheme,
-                                "seed": seed,
-                                "block_size": block_size,
-                                "tokens": tok_name,
-                                "extras": extras,
-                                "style": style,
-                                "none_hash": hex_of(h(seed if seed is not None else DEFAULT_SEED)),
-                                "first_block_cbor": first_cbor,
-                                "digests": [hex_of(d) for d in digests],
-                                "event_values": [event_value(d) for d in digests],
-                            })
+                            cases.append(case(scheme, h, seed, tok_name, tokens,
+                                              block_size, extras, style))
+    for scheme in sorted(PICKLED):
+        for tok_name, tokens in big_token_sets().items():
+            cases.append(case(scheme, SCHEMES[scheme], "42", tok_name, tokens, 14000, {},
+                              "tagged"))
+        # A salt of 64 KiB or more is written outside pickle's frames.
+        cases.append(case(scheme, SCHEMES[scheme], "42", "one_block_small",
+                          token_sets()["one_block_small"], 16,
+                          {"cache_salt": "x" * 66000}, "tagged"))
     cross_checked = cross_check_with_vllm(cases, sys.argv[1:])
     doc = {
         "generator": "scripts/gen_hash_vectors.py",
         "libraries": {"cbor2": cbor2.__version__ if hasattr(cbor2, "__version__") else "?",
                       "xxhash": xxhash.VERSION},
         "cross_checked_with_vllm": cross_checked,
-        "token_sets": token_sets(),
+        "token_sets": {**token_sets(), **big_token_sets()},
         "cases": cases,
     }
     out = os.path.join(os.path.dirname(__file__), "..", "tests", "vectors", "hashes.json")
@@ -177,10 +219,16 @@ def vllm_functions_from_source(src_dir):
 
     version = "?"
     pkg_info = os.path.join(src_dir, "PKG-INFO")
+    version_py = os.path.join(src_dir, "vllm", "_version.py")
     if os.path.exists(pkg_info):
         for line in open(pkg_info, encoding="utf-8"):
             if line.startswith("Version:"):
                 version = line.split(":", 1)[1].strip()
+                break
+    elif os.path.exists(version_py):
+        for line in open(version_py, encoding="utf-8"):
+            if line.startswith("__version__ ="):
+                version = line.split("=")[-1].strip().strip("'\"")
                 break
     found = {}
     for rel in ("vllm/utils/hashing.py", "vllm/utils/__init__.py"):
@@ -190,7 +238,8 @@ def vllm_functions_from_source(src_dir):
         tree = ast.parse(open(path, encoding="utf-8").read())
         defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)
                 and (n.name in SCHEMES or n.name == "_xxhash_digest")]
-        namespace = {"cbor2": cbor2, "hashlib": hashlib, "_xxhash": xxhash, "Any": object}
+        namespace = {"cbor2": cbor2, "hashlib": hashlib, "pickle": pickle, "_xxhash": xxhash,
+                     "Any": object}
         exec(compile(ast.Module(body=defs, type_ignores=[]), path, "exec"), namespace)
         for name in SCHEMES:
             if name not in found and name in namespace:
@@ -209,9 +258,18 @@ def cross_check_with_vllm(cases, src_dirs):
     for name, (fn, origin) in sorted(theirs.items()):
         n = 0
         for c in cases:
-            if c["scheme"] != name or c["extras"]:
+            if c["scheme"] != name:
                 continue
-            got = chain(fn, c["seed"], token_sets()[c["tokens"]], c["block_size"], {}, "tagged")
+            if c["extras"]:
+                # Extra keys go through the same function: the whole triple is hashed.
+                got = chain(fn, c["seed"], token_sets()[c["tokens"]], c["block_size"],
+                            c["extras"], c["style"])
+                if [hex_of(d) for d in got] != c["digests"]:
+                    sys.exit(f"{origin} disagrees on {name}/{c['tokens']}/{c['extras']}")
+                n += 1
+                continue
+            tokens = {**token_sets(), **big_token_sets()}[c["tokens"]]
+            got = chain(fn, c["seed"], tokens, c["block_size"], {}, "tagged")
             if [hex_of(d) for d in got] != c["digests"]:
                 sys.exit(f"{origin} disagrees on {name}/{c['tokens']}/{c['seed']}")
             n += 1

@@ -67,7 +67,7 @@ fn bench_hashing(c: &mut Criterion) {
             b.iter(|| {
                 std::hint::black_box(tokens)
                     .chunks_exact(64)
-                    .map(|block| hasher.block_cbor(&none, block, None).len())
+                    .map(|block| hasher.block_bytes(&none, block, None).len())
                     .sum::<usize>()
             })
         });

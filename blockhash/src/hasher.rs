@@ -1,11 +1,13 @@
 //! Block hashing, byte-exact to vLLM's prefix-cache hashes.
 //!
 //! vLLM names each full block of a prompt by `H((parent, tuple(block_tokens), extra_keys))`
-//! where `H` hashes the canonical CBOR encoding of that triple and `parent` is the previous
-//! block's hash (`NONE_HASH = H(seed)` for the first block). A router that is one byte off
-//! misses every lookup, so this module reproduces the encoding exactly and is checked
-//! against vectors generated with Python's `cbor2`/`hashlib`/`xxhash` and against real
-//! vLLM captures.
+//! where `H` hashes a serialization of that triple (canonical CBOR for the `*_cbor`
+//! schemes, Python's pickle for vLLM's default `sha256` and for `xxhash`, see
+//! [`crate::pickle`]) and `parent` is the previous block's hash (`NONE_HASH = H(seed)` for
+//! the first block). A router that is one byte off misses every lookup, so this module
+//! reproduces the encodings exactly and is checked against vectors generated with Python's
+//! `cbor2`/`pickle`/`hashlib`/`xxhash` and vLLM's own hash functions, and against real vLLM
+//! captures.
 //!
 //! What each vLLM version does (read in its sources, `vllm/utils`, `kv_cache_utils.py`):
 //!
@@ -14,10 +16,13 @@
 //! | 0.10.0-0.10.1 | `sha256_cbor_64bit` | `int(digest) & 2^64-1`  | that int                     |
 //! | 0.10.2+       | `sha256_cbor`       | 32-byte digest          | `int(digest) & 2^64-1`       |
 //! | 0.20+ (a)     | `xxhash_cbor`       | 16-byte xxh3-128 digest | `int(digest) & 2^64-1`       |
+//! | 0.10.2+ (b)   | `sha256` (default)  | 32-byte digest          | `int(digest) & 2^64-1`       |
+//! | 0.20+ (a)     | `xxhash`            | 16-byte xxh3-128 digest | `int(digest) & 2^64-1`       |
 //!
-//! (a) not in 0.12; present by 0.20. `int(digest)` is `int.from_bytes(digest, "big")`, so the
-//! u64 is the digest's last 8 bytes read big-endian. `NONE_HASH` is always `H(seed)` over the
-//! seed *string* (CBOR text); see [`HashConfig`] for when vLLM's seed is reproducible.
+//! (a) not in 0.12; present by 0.20. (b) `pickle.dumps(triple, protocol=5)`, vLLM's default
+//! scheme. `int(digest)` is `int.from_bytes(digest, "big")`, so the u64 is the digest's last
+//! 8 bytes read big-endian. `NONE_HASH` is always `H(seed)` over the seed *string* (CBOR
+//! text or a pickled `str`); see [`HashConfig`] for when vLLM's seed is reproducible.
 //!
 //! The CBOR here has a fixed shape (a 3-array of bytes-or-uint, an array of uints, null or
 //! an array of strings/arrays), so it is written straight into a reused buffer instead of
@@ -30,7 +35,7 @@ use std::str::FromStr;
 use sha2::{Digest as _, Sha256};
 
 use crate::extra_keys::{BlockExtraKeys, ExtraKey};
-use crate::Error;
+use crate::{pickle, Error};
 
 /// vLLM's default `NONE_HASH` seed when `PYTHONHASHSEED` is unset (today's vLLM).
 pub const DEFAULT_SEED: &str = "vllm-none-hash";
@@ -44,6 +49,17 @@ pub enum HashScheme {
     Sha256Cbor64Bit,
     /// xxh3-128 over canonical CBOR, chained as 16-byte digests.
     XxhashCbor,
+    /// vLLM's default: sha256 over `pickle.dumps(triple, protocol=5)`.
+    Sha256,
+    /// xxh3-128 over `pickle.dumps(triple, protocol=5)`.
+    Xxhash,
+}
+
+/// What a scheme serializes before digesting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serialization {
+    Cbor,
+    Pickle,
 }
 
 impl HashScheme {
@@ -53,6 +69,32 @@ impl HashScheme {
             HashScheme::Sha256Cbor => "sha256_cbor",
             HashScheme::Sha256Cbor64Bit => "sha256_cbor_64bit",
             HashScheme::XxhashCbor => "xxhash_cbor",
+            HashScheme::Sha256 => "sha256",
+            HashScheme::Xxhash => "xxhash",
+        }
+    }
+
+    pub const ALL: [HashScheme; 5] = [
+        HashScheme::Sha256Cbor,
+        HashScheme::Sha256Cbor64Bit,
+        HashScheme::XxhashCbor,
+        HashScheme::Sha256,
+        HashScheme::Xxhash,
+    ];
+
+    /// Whether vLLM counts the scheme collision resistant: only those fall back to the fixed
+    /// `"vllm-none-hash"` seed without `PYTHONHASHSEED` (vLLM >= 0.29,
+    /// `resolve_none_hash_seed`); the others draw a random per-process seed.
+    pub fn is_cryptographic(&self) -> bool {
+        matches!(self, HashScheme::Sha256Cbor | HashScheme::Sha256)
+    }
+
+    fn serialization(&self) -> Serialization {
+        match self {
+            HashScheme::Sha256Cbor | HashScheme::Sha256Cbor64Bit | HashScheme::XxhashCbor => {
+                Serialization::Cbor
+            }
+            HashScheme::Sha256 | HashScheme::Xxhash => Serialization::Pickle,
         }
     }
 }
@@ -67,26 +109,25 @@ impl FromStr for HashScheme {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "sha256_cbor" => Ok(HashScheme::Sha256Cbor),
-            "sha256_cbor_64bit" => Ok(HashScheme::Sha256Cbor64Bit),
-            "xxhash_cbor" => Ok(HashScheme::XxhashCbor),
-            // vLLM's default `sha256` pickles its input: not reproducible outside Python,
-            // so engines running it are handled by re-keying in the indexer instead.
-            other => Err(Error::Config(format!(
-                "unsupported hash algo {other:?} (expected sha256_cbor, sha256_cbor_64bit or xxhash_cbor)"
-            ))),
-        }
+        HashScheme::ALL
+            .into_iter()
+            .find(|h| h.name() == s)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unsupported hash algo {s:?} (expected sha256, sha256_cbor, xxhash, xxhash_cbor or sha256_cbor_64bit)"
+                ))
+            })
     }
 }
 
 /// How to hash: scheme, block size and the `NONE_HASH` seed.
 ///
-/// `NONE_HASH` is `H(seed)` with `seed` a Python `str` (CBOR text), in every vLLM version.
-/// Only vLLM >= 0.29 with a cryptographic scheme (`sha256_cbor`) falls back to a fixed
-/// `"vllm-none-hash"` when `PYTHONHASHSEED` is unset; vLLM 0.10-0.28 (every scheme) and
-/// `xxhash_cbor` in every version draw a random per-process seed instead, which no router
-/// can reproduce. [`HashConfig::check`] refuses those configurations.
+/// `NONE_HASH` is `H(seed)` with `seed` a Python `str`, in every vLLM version. Only vLLM >=
+/// 0.29 with a cryptographic scheme (`sha256`, vLLM's default, or `sha256_cbor`) falls back
+/// to a fixed `"vllm-none-hash"` when `PYTHONHASHSEED` is unset; vLLM 0.10-0.28 (every
+/// scheme) and the `xxhash` schemes in every version draw a random per-process seed
+/// instead, which no router can reproduce. [`HashConfig::check`] refuses those
+/// configurations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashConfig {
     pub scheme: HashScheme,
@@ -107,7 +148,7 @@ impl HashConfig {
         if self.block_size == 0 {
             return Err(Error::Config("block size must be at least 1".into()));
         }
-        if self.seed.is_none() && self.scheme != HashScheme::Sha256Cbor {
+        if self.seed.is_none() && !self.scheme.is_cryptographic() {
             return Err(Error::Config(format!(
                 "{} needs the engines' PYTHONHASHSEED: without it vLLM seeds NONE_HASH randomly",
                 self.scheme
@@ -175,8 +216,11 @@ impl BlockHasher {
     /// configurations no vLLM engine can match.
     pub fn new(config: HashConfig) -> Self {
         let seed = config.effective_seed();
-        let mut buf = Vec::with_capacity(seed.len() + 9);
-        cbor_text(&mut buf, seed);
+        let mut buf = Vec::with_capacity(seed.len() + 24);
+        match config.scheme.serialization() {
+            Serialization::Cbor => cbor_text(&mut buf, seed),
+            Serialization::Pickle => pickle::pickle_str(&mut buf, seed),
+        }
         let none_hash = digest(config.scheme, &buf);
         Self { config, none_hash }
     }
@@ -211,17 +255,31 @@ impl BlockHasher {
         self.hash_block_into(&mut buf, parent, tokens, extra)
     }
 
-    /// The canonical CBOR bytes vLLM hashes for one block (what [`BlockHasher::hash_block`]
-    /// digests), exposed so tests can compare them with `cbor2`'s output byte for byte.
-    pub fn block_cbor(
+    /// The bytes vLLM hashes for one block (what [`BlockHasher::hash_block`] digests:
+    /// canonical CBOR or pickle, by scheme), exposed so tests can compare them with
+    /// `cbor2`'s and `pickle`'s output byte for byte.
+    pub fn block_bytes(
         &self,
         parent: &BlockDigest,
         tokens: &[u32],
         extra: Option<&BlockExtraKeys>,
     ) -> Vec<u8> {
         let mut buf = Vec::with_capacity(64 + tokens.len() * 5);
-        encode_block(&mut buf, parent, tokens, extra);
+        self.encode_block(&mut buf, parent, tokens, extra);
         buf
+    }
+
+    fn encode_block(
+        &self,
+        buf: &mut Vec<u8>,
+        parent: &BlockDigest,
+        tokens: &[u32],
+        extra: Option<&BlockExtraKeys>,
+    ) {
+        match self.config.scheme.serialization() {
+            Serialization::Cbor => encode_block(buf, parent, tokens, extra),
+            Serialization::Pickle => pickle_block(buf, parent, tokens, extra),
+        }
     }
 
     fn hash_block_into(
@@ -232,7 +290,7 @@ impl BlockHasher {
         extra: Option<&BlockExtraKeys>,
     ) -> BlockDigest {
         buf.clear();
-        encode_block(buf, parent, tokens, extra);
+        self.encode_block(buf, parent, tokens, extra);
         digest(self.config.scheme, buf)
     }
 
@@ -287,13 +345,38 @@ fn encode_block(
     }
 }
 
+/// `pickle.dumps((parent, tuple(tokens), extra_keys or None), protocol=5)`, appended.
+fn pickle_block(
+    buf: &mut Vec<u8>,
+    parent: &BlockDigest,
+    tokens: &[u32],
+    extra: Option<&BlockExtraKeys>,
+) {
+    let mut p = pickle::Pickler::start(buf);
+    p.begin_tuple(3);
+    match parent {
+        BlockDigest::Sha256(d) => p.bytes(d),
+        BlockDigest::Xxh128(d) => p.bytes(d),
+        BlockDigest::U64(v) => p.int(*v as i64),
+    }
+    p.tuple_of_ints(tokens);
+    match extra {
+        None => p.none(),
+        Some(keys) => p.extra_keys(&keys.0),
+    }
+    p.end_tuple(3);
+    p.finish();
+}
+
 fn digest(scheme: HashScheme, bytes: &[u8]) -> BlockDigest {
     match scheme {
-        HashScheme::Sha256Cbor => BlockDigest::Sha256(Sha256::digest(bytes).into()),
+        HashScheme::Sha256Cbor | HashScheme::Sha256 => {
+            BlockDigest::Sha256(Sha256::digest(bytes).into())
+        }
         // vLLM 0.10.0-0.10.1: `int.from_bytes(sha256(cbor), "big") & ((1 << 64) - 1)`,
         // i.e. the digest's last 8 bytes, the same bytes later versions publish.
         HashScheme::Sha256Cbor64Bit => BlockDigest::U64(low_u64(&Sha256::digest(bytes))),
-        HashScheme::XxhashCbor => {
+        HashScheme::XxhashCbor | HashScheme::Xxhash => {
             let v = xxhash_rust::xxh3::xxh3_128(bytes);
             BlockDigest::Xxh128(v.to_be_bytes())
         }
@@ -430,6 +513,8 @@ mod tests {
         assert!(BlockHasher::try_new(unseeded(HashScheme::Sha256Cbor)).is_ok());
         assert!(BlockHasher::try_new(unseeded(HashScheme::Sha256Cbor64Bit)).is_err());
         assert!(BlockHasher::try_new(unseeded(HashScheme::XxhashCbor)).is_err());
+        assert!(BlockHasher::try_new(unseeded(HashScheme::Sha256)).is_ok());
+        assert!(BlockHasher::try_new(unseeded(HashScheme::Xxhash)).is_err());
         assert!(BlockHasher::try_new(cfg(HashScheme::XxhashCbor)).is_ok());
         let mut zero = cfg(HashScheme::Sha256Cbor);
         zero.block_size = 0;
@@ -437,14 +522,10 @@ mod tests {
     }
 
     #[test]
-    fn scheme_names_round_trip_and_pickle_is_refused() {
-        for s in [
-            HashScheme::Sha256Cbor,
-            HashScheme::Sha256Cbor64Bit,
-            HashScheme::XxhashCbor,
-        ] {
+    fn scheme_names_round_trip() {
+        for s in HashScheme::ALL {
             assert_eq!(s.name().parse::<HashScheme>().ok(), Some(s));
         }
-        assert!("sha256".parse::<HashScheme>().is_err());
+        assert!("md5".parse::<HashScheme>().is_err());
     }
 }

@@ -18,6 +18,7 @@ pub mod extra_keys;
 pub mod hasher;
 pub mod keys;
 pub mod nfc;
+pub mod pickle;
 pub mod pretokenize;
 pub mod request;
 pub mod segment_cache;

@@ -22,6 +22,30 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::AnthropicMessages,
+    ];
+
+    /// The short name configurations use (`chat`, `completions`, `messages`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::AnthropicMessages => "messages",
+        }
+    }
+
+    /// The endpoint's standard path, which [`Endpoint::from_path`] reads back.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::AnthropicMessages => "/v1/messages",
+        }
+    }
+
     /// The endpoint a request path names, if it is one kvroute routes.
     pub fn from_path(path: &str) -> Option<Self> {
         let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
@@ -34,6 +58,22 @@ impl Endpoint {
         } else {
             None
         }
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = Error;
+
+    /// Reads [`Endpoint::name`].
+    fn from_str(s: &str) -> Result<Self> {
+        Endpoint::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown API {s:?} (expected chat, completions or messages)"
+                ))
+            })
     }
 }
 
@@ -458,6 +498,15 @@ fn convert_anthropic_blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_names_and_paths_read_back() {
+        for e in Endpoint::ALL {
+            assert_eq!(e.name().parse::<Endpoint>().expect("name"), e);
+            assert_eq!(Endpoint::from_path(e.path()), Some(e));
+        }
+        assert!("chat_completions".parse::<Endpoint>().is_err());
+    }
 
     fn chat(body: &str) -> ChatPrompt {
         match Request::parse(body.as_bytes(), None).unwrap().prompt {

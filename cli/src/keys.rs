@@ -18,7 +18,8 @@ pub struct KeysArgs {
     /// vLLM's --block-size.
     #[arg(long, default_value_t = 64)]
     block_size: usize,
-    /// vLLM's --prefix-caching-hash-algo: sha256_cbor, sha256_cbor_64bit or xxhash_cbor.
+    /// vLLM's --prefix-caching-hash-algo: sha256 (vLLM's default), sha256_cbor, xxhash,
+    /// xxhash_cbor or sha256_cbor_64bit.
     #[arg(long, default_value = "sha256_cbor")]
     hash_algo: HashScheme,
     /// The engines' PYTHONHASHSEED (default: vLLM's "vllm-none-hash").

@@ -70,6 +70,58 @@ fn captured_requests_print_vllms_tokens_and_hashes() {
 }
 
 #[test]
+fn vllms_default_hashing_captures_equal_kvroute_keys() {
+    // Real vLLM 0.32 at its default `sha256` (pickle) and at `xxhash`, with and without
+    // PYTHONHASHSEED: `kvroute keys` prints the chains the engines published.
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
+    )
+    .unwrap();
+    for folder in [
+        "sha256_default",
+        "sha256_seed42",
+        "xxhash_seed42",
+        "xxhash_default",
+    ] {
+        let run: Value = serde_json::from_slice(
+            &std::fs::read(repo().join(format!("testdata/vllm-0.32/{folder}/run.json"))).unwrap(),
+        )
+        .unwrap();
+        let algo = run["prefix_caching_hash_algo"].as_str().unwrap().to_string();
+        let mut args = vec!["--hash-algo".to_string(), algo.clone()];
+        match run["PYTHONHASHSEED"].as_str().unwrap() {
+            // vLLM's own seed: `sha256` falls back to the fixed "vllm-none-hash", which
+            // `kvroute keys` assumes too; `xxhash` drew a random one, recorded by the capture.
+            "<unset>" if algo == "sha256" => {}
+            "<unset>" => {
+                args.push("--hash-seed".into());
+                args.push(run["none_hash_seed"].as_str().unwrap().into());
+            }
+            seed => {
+                args.push("--hash-seed".into());
+                args.push(seed.into());
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut checked = 0;
+        for r in doc["requests"].as_array().unwrap() {
+            let (Some(body), Some(want)) = (
+                r.get("request"),
+                run["prompt_block_hashes"].get(r["name"].as_str().unwrap()),
+            ) else {
+                continue;
+            };
+            let (code, out, err) = run_keys(body.to_string().as_bytes(), &args);
+            assert_eq!(code, 0, "{folder}: {err}");
+            let got: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(&got["block_hashes"], want, "{folder} {}", r["name"]);
+            checked += 1;
+        }
+        assert!(checked >= 10, "{folder}: only {checked} requests compared");
+    }
+}
+
+#[test]
 fn a_bad_body_is_one_line_on_stderr_and_exit_2() {
     for body in [
         &b"{not json"[..],
@@ -88,6 +140,7 @@ fn options_no_engine_can_match_exit_1_before_reading_the_body() {
     let body = br#"{"model":"m","prompt":"hello"}"#;
     for extra in [
         &["--hash-algo", "xxhash_cbor"][..], // vLLM seeds xxhash randomly without PYTHONHASHSEED
+        &["--hash-algo", "xxhash"][..],
         &["--block-size", "0"][..],
         &["--lora-of", "base"][..], // tagged LoRA keys need the adapter's path
     ] {

@@ -35,6 +35,7 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
@@ -97,6 +98,11 @@ pub fn get_header(map: MapType, key: &str) -> Option<String> {
             None
         }
     }
+}
+
+pub fn remove_header(map: MapType, key: &str) -> bool {
+    // SAFETY: pointer and length of a live string.
+    unsafe { proxy_remove_header_map_value(map as u32, key.as_ptr(), key.len()) == OK }
 }
 
 pub fn add_header(map: MapType, key: &str, value: &str) -> bool {

@@ -1,12 +1,20 @@
 //! The plugin configuration (the JSON in Envoy's `plugin_config`), parsed and checked once
 //! when the plugin starts, so a typo is a clear error at load time instead of a silent
 //! misroute per request. Every field has a default; `{}` is a valid configuration.
+//!
+//! It reads what a person writes: numeric fields take a number or a numeric string
+//! (`"call_timeout_ms": "50"`), flags a boolean or `"true"`/`"false"`, and `hash_seed` a
+//! string or an integer (`42`, as `PYTHONHASHSEED=42` is written). A configuration that is
+//! still unusable is refused here with the reason; the plugin then loads anyway and routes
+//! nothing (see `root.rs`), so a typo never turns Envoy's fail-open filter into fail-closed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kvroute_blockhash::{HashConfig, HashScheme};
+use kvroute_blockhash::{Endpoint, HashConfig, HashScheme};
 use serde::Deserialize;
+
+use crate::allow_list::AllowList;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +29,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Hash the prompt's blocks and ask the indexer for the pod holding the longest prefix.
+    /// Hash the prompt's blocks and ask the indexer for the pod holding the longest prefix
+    /// (whether the indexer scores from KV events or from its routing history is its own
+    /// `--mode`).
     Precise,
-    /// Same keys, but the indexer scores from its own routing history (engines that
-    /// publish no KV events); sent as `"mode": "estimate"` in the route request.
-    Estimate,
     /// Touch nothing: every request takes the fallback route.
     Off,
 }
@@ -38,25 +45,6 @@ pub enum TokenizeIn {
     Filter,
     /// The body is sent to the indexer's `/v1/route/prompt`, which tokenizes natively.
     Indexer,
-}
-
-/// Which API a configured path serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathKind {
-    Chat,
-    Completions,
-    Messages,
-}
-
-impl PathKind {
-    pub fn endpoint(self) -> kvroute_blockhash::Endpoint {
-        match self {
-            PathKind::Chat => kvroute_blockhash::Endpoint::ChatCompletions,
-            PathKind::Completions => kvroute_blockhash::Endpoint::Completions,
-            PathKind::Messages => kvroute_blockhash::Endpoint::AnthropicMessages,
-        }
-    }
 }
 
 /// Where a model's tokenizer files are fetched from (an Envoy cluster, no filesystem).
@@ -103,15 +91,21 @@ struct RawConfig {
     indexer_cluster: String,
     #[serde(default = "default_indexer_authority")]
     indexer_authority: String,
-    #[serde(default = "default_call_timeout_ms")]
+    #[serde(
+        default = "default_call_timeout_ms",
+        deserialize_with = "lenient::number"
+    )]
     call_timeout_ms: u64,
-    #[serde(default = "default_max_body_bytes")]
+    #[serde(
+        default = "default_max_body_bytes",
+        deserialize_with = "lenient::number"
+    )]
     max_body_bytes: usize,
-    #[serde(default = "default_block_size")]
+    #[serde(default = "default_block_size", deserialize_with = "lenient::number")]
     block_size: usize,
     #[serde(default = "default_hash_scheme")]
     hash_scheme: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::seed")]
     hash_seed: Option<String>,
     #[serde(default = "default_mode")]
     mode: Mode,
@@ -119,22 +113,35 @@ struct RawConfig {
     tokenize_in: TokenizeIn,
     #[serde(default)]
     models: BTreeMap<String, ModelConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::flag")]
     debug_headers: bool,
+    /// Request path -> API name (`Endpoint::name`), parsed by `Endpoint::from_str`.
     #[serde(default = "default_paths")]
-    paths: BTreeMap<String, PathKind>,
+    paths: BTreeMap<String, String>,
     #[serde(default = "default_route_path")]
     route_path: String,
     #[serde(default = "default_prompt_route_path")]
     prompt_route_path: String,
     #[serde(default = "default_complete_path")]
     complete_path: String,
-    #[serde(default = "default_tokenizer_fetch_timeout_ms")]
+    #[serde(
+        default = "default_tokenizer_fetch_timeout_ms",
+        deserialize_with = "lenient::number"
+    )]
     tokenizer_fetch_timeout_ms: u64,
-    #[serde(default = "default_report_completion")]
+    #[serde(
+        default = "default_report_completion",
+        deserialize_with = "lenient::flag"
+    )]
     report_completion: bool,
-    #[serde(default)]
+    #[serde(
+        default = "default_preload_tokenizers",
+        deserialize_with = "lenient::flag"
+    )]
     preload_tokenizers: bool,
+    /// Absent: `allow_list::DEFAULT_ALLOWED`.
+    #[serde(default)]
+    allowed_endpoints: Option<Vec<String>>,
 }
 
 fn default_indexer_cluster() -> String {
@@ -161,27 +168,79 @@ fn default_mode() -> Mode {
 fn default_tokenize_in() -> TokenizeIn {
     TokenizeIn::Filter
 }
-fn default_paths() -> BTreeMap<String, PathKind> {
-    BTreeMap::from([
-        ("/v1/chat/completions".to_string(), PathKind::Chat),
-        ("/v1/completions".to_string(), PathKind::Completions),
-        ("/v1/messages".to_string(), PathKind::Messages),
-    ])
+fn default_paths() -> BTreeMap<String, String> {
+    Endpoint::ALL
+        .into_iter()
+        .map(|e| (e.path().to_string(), e.name().to_string()))
+        .collect()
 }
 fn default_route_path() -> String {
-    "/v1/route".into()
+    kvroute_api::ROUTE_PATH.into()
 }
 fn default_prompt_route_path() -> String {
-    "/v1/route/prompt".into()
+    kvroute_api::PROMPT_ROUTE_PATH.into()
 }
 fn default_complete_path() -> String {
-    "/v1/route/complete".into()
+    kvroute_api::COMPLETE_PATH.into()
 }
 fn default_tokenizer_fetch_timeout_ms() -> u64 {
     30_000
 }
 fn default_report_completion() -> bool {
     true
+}
+/// Every VM fetches its tokenizers when the plugin starts, so a worker's first request is
+/// routed; the price is one tokenizer in the main thread's VM too, which serves no
+/// requests (`false` saves it, and the first request per worker then goes unrouted).
+fn default_preload_tokenizers() -> bool {
+    true
+}
+
+/// Deserializers that take the forms a person writes for a value.
+mod lenient {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    /// A non-negative integer, as a JSON number or a numeric string.
+    pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let v = Value::deserialize(d)?;
+        let n = match &v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        n.and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, got {v}")))
+    }
+
+    /// A boolean, or the strings `"true"`/`"false"`.
+    pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        let v = Value::deserialize(d)?;
+        match &v {
+            Value::Bool(b) => Ok(*b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+            _ => Err(D::Error::custom(format!("expected true or false, got {v}"))),
+        }
+    }
+
+    /// `PYTHONHASHSEED` as vLLM reads it (a string): a string, an integer or null.
+    pub fn seed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let v = Value::deserialize(d)?;
+        match v {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            Value::Number(n) if n.is_u64() || n.is_i64() => Ok(Some(n.to_string())),
+            other => Err(D::Error::custom(format!(
+                "hash_seed: expected the engines' PYTHONHASHSEED as a string or an integer, got {other}"
+            ))),
+        }
+    }
 }
 
 /// The validated plugin configuration.
@@ -196,7 +255,7 @@ pub struct PluginConfig {
     pub tokenize_in: TokenizeIn,
     pub models: BTreeMap<String, ModelConfig>,
     pub debug_headers: bool,
-    pub paths: BTreeMap<String, PathKind>,
+    pub paths: BTreeMap<String, Endpoint>,
     pub route_path: String,
     pub prompt_route_path: String,
     pub complete_path: String,
@@ -205,6 +264,8 @@ pub struct PluginConfig {
     /// Load tokenizers when the plugin starts instead of at a VM's first request (every VM,
     /// including the main thread's, which never serves requests).
     pub preload_tokenizers: bool,
+    /// The `ip:port`s the indexer may send requests to.
+    pub allowed_endpoints: AllowList,
 }
 
 /// The model a request is routed as, resolved from the request's `model` field.
@@ -219,15 +280,6 @@ pub struct ResolvedModel<'a> {
     pub tokenize_in: TokenizeIn,
 }
 
-pub fn parse_hash_scheme(name: &str) -> Option<HashScheme> {
-    match name {
-        "sha256_cbor" => Some(HashScheme::Sha256Cbor),
-        "sha256_cbor_64bit" => Some(HashScheme::Sha256Cbor64Bit),
-        "xxhash_cbor" => Some(HashScheme::XxhashCbor),
-        _ => None,
-    }
-}
-
 impl PluginConfig {
     /// Parse and validate; an empty buffer means "all defaults".
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
@@ -236,12 +288,10 @@ impl PluginConfig {
         } else {
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?
         };
-        let scheme = parse_hash_scheme(&raw.hash_scheme).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "hash_scheme {:?}: expected sha256_cbor, sha256_cbor_64bit or xxhash_cbor",
-                raw.hash_scheme
-            ))
-        })?;
+        let scheme: HashScheme = raw
+            .hash_scheme
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("hash_scheme: {e}")))?;
         if raw.block_size == 0 {
             return Err(ConfigError::Invalid("block_size must be at least 1".into()));
         }
@@ -253,12 +303,17 @@ impl PluginConfig {
         if raw.indexer_cluster.is_empty() {
             return Err(ConfigError::Invalid("indexer_cluster is empty".into()));
         }
-        for path in raw.paths.keys() {
+        let mut paths = BTreeMap::new();
+        for (path, api) in raw.paths {
             if !path.starts_with('/') {
                 return Err(ConfigError::Invalid(format!(
                     "path {path:?} must start with '/'"
                 )));
             }
+            let endpoint: Endpoint = api
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("path {path:?}: {e}")))?;
+            paths.insert(path, endpoint);
         }
         for (name, model) in &raw.models {
             if let Some(base) = &model.lora_of {
@@ -272,6 +327,10 @@ impl PluginConfig {
                 }
             }
         }
+        let allowed_endpoints = match &raw.allowed_endpoints {
+            Some(list) => AllowList::parse(list).map_err(ConfigError::Invalid)?,
+            None => AllowList::default_ranges(),
+        };
         let hash = HashConfig {
             scheme,
             block_size: raw.block_size,
@@ -291,18 +350,19 @@ impl PluginConfig {
             tokenize_in: raw.tokenize_in,
             models: raw.models,
             debug_headers: raw.debug_headers,
-            paths: raw.paths,
+            paths,
             route_path: raw.route_path,
             prompt_route_path: raw.prompt_route_path,
             complete_path: raw.complete_path,
             tokenizer_fetch_timeout: Duration::from_millis(raw.tokenizer_fetch_timeout_ms),
             report_completion: raw.report_completion,
             preload_tokenizers: raw.preload_tokenizers,
+            allowed_endpoints,
         })
     }
 
     /// The configured API kind of a request path (query string ignored).
-    pub fn path_kind(&self, path: &str) -> Option<PathKind> {
+    pub fn path_kind(&self, path: &str) -> Option<Endpoint> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         self.paths.get(path).copied()
     }
@@ -353,7 +413,7 @@ impl PluginConfig {
                 .unwrap_or_else(|| self.indexer_authority.clone()),
             path_prefix: src
                 .and_then(|s| s.path_prefix.clone())
-                .unwrap_or_else(|| format!("/v1/tokenizers/{name}"))
+                .unwrap_or_else(|| format!("{}/{name}", kvroute_api::TOKENIZERS_PATH))
                 .trim_end_matches('/')
                 .to_string(),
         }
@@ -379,14 +439,11 @@ mod tests {
         assert_eq!(c.hash.block_size, 64);
         assert_eq!(c.hash.scheme, HashScheme::Sha256Cbor);
         assert_eq!(c.mode, Mode::Precise);
-        assert!(
-            !c.preload_tokenizers,
-            "lazy: the main thread VM never loads"
-        );
+        assert!(c.preload_tokenizers, "tokenizers load at plugin start");
         assert_eq!(c.indexer_cluster, "kvroute_indexer");
         assert_eq!(
             c.path_kind("/v1/chat/completions?x=1"),
-            Some(PathKind::Chat)
+            Some(Endpoint::ChatCompletions)
         );
         assert_eq!(c.path_kind("/v1/models"), None);
     }
@@ -443,5 +500,55 @@ mod tests {
             load,
             vec![("Qwen3-32B", "/v1/tokenizers/Qwen3-32B".to_string())]
         );
+    }
+
+    #[test]
+    fn what_a_person_writes_is_read() {
+        let c = PluginConfig::parse(
+            br#"{"hash_seed":42,"call_timeout_ms":"75","block_size":"16","debug_headers":"true","preload_tokenizers":false}"#,
+        )
+        .expect("lenient forms");
+        assert_eq!(c.hash.seed.as_deref(), Some("42"));
+        assert_eq!(c.call_timeout, Duration::from_millis(75));
+        assert_eq!(c.hash.block_size, 16);
+        assert!(c.debug_headers);
+        assert!(!c.preload_tokenizers);
+        assert_eq!(
+            PluginConfig::parse(br#"{"hash_seed":"42"}"#)
+                .expect("string seed")
+                .hash
+                .seed
+                .as_deref(),
+            Some("42")
+        );
+        for bad in [
+            &br#"{"hash_seed":4.2}"#[..],
+            br#"{"call_timeout_ms":-1}"#,
+            br#"{"block_size":"sixteen"}"#,
+            br#"{"debug_headers":"yes"}"#,
+        ] {
+            let e = PluginConfig::parse(bad).expect_err("refused");
+            assert!(e.to_string().contains("expected"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_routes_default_to_the_contract_paths() {
+        let c = PluginConfig::parse(b"{}").expect("defaults");
+        assert_eq!(c.route_path, kvroute_api::ROUTE_PATH);
+        assert_eq!(c.prompt_route_path, kvroute_api::PROMPT_ROUTE_PATH);
+        assert_eq!(c.complete_path, kvroute_api::COMPLETE_PATH);
+        assert!(matches!(
+            PluginConfig::parse(br#"{"mode":"estimate"}"#),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            PluginConfig::parse(br#"{"paths":{"/x":"chat_completions"}}"#),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            PluginConfig::parse(br#"{"hash_scheme":"sha256"}"#),
+            Ok(PluginConfig { hash, .. }) if hash.scheme == HashScheme::Sha256
+        ));
     }
 }

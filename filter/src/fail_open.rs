@@ -30,10 +30,16 @@ pub enum FailOpenReason {
     BadAnswer,
     /// Envoy refused the filter state (e.g. an address its factory cannot parse).
     FilterStateRefused,
+    /// The indexer named an `ip:port` outside `allowed_endpoints`: not a pod this filter
+    /// may send requests to.
+    EndpointNotAllowed,
+    /// The plugin configuration is unusable (the reason is logged at start): the plugin
+    /// loaded inert and routes nothing.
+    ConfigInvalid,
 }
 
 impl FailOpenReason {
-    pub const ALL: [FailOpenReason; 12] = [
+    pub const ALL: [FailOpenReason; 14] = [
         FailOpenReason::BodyTooLarge,
         FailOpenReason::MalformedRequest,
         FailOpenReason::UnknownModel,
@@ -46,6 +52,8 @@ impl FailOpenReason {
         FailOpenReason::IndexerError,
         FailOpenReason::BadAnswer,
         FailOpenReason::FilterStateRefused,
+        FailOpenReason::EndpointNotAllowed,
+        FailOpenReason::ConfigInvalid,
     ];
 
     /// The label used in the metric name `kvroute_fail_open_<label>`.
@@ -63,6 +71,8 @@ impl FailOpenReason {
             FailOpenReason::IndexerError => "indexer_error",
             FailOpenReason::BadAnswer => "bad_answer",
             FailOpenReason::FilterStateRefused => "filter_state_refused",
+            FailOpenReason::EndpointNotAllowed => "endpoint_not_allowed",
+            FailOpenReason::ConfigInvalid => "config_invalid",
         }
     }
 

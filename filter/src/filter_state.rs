@@ -12,6 +12,11 @@
 /// The well-known filter state key read by the `ORIGINAL_DST` cluster.
 pub const ORIGINAL_DST_KEY: &str = "envoy.network.transport_socket.original_dst_address";
 
+/// The Gateway API Inference Extension's destination header, which the route table fills
+/// from the filter state for engines and gateways that read it. A client's own copy is
+/// removed from every request, so only the filter's choice ever reaches a pod.
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+
 /// Serialized `SetEnvoyFilterStateArguments { path: key, value }`.
 pub fn set_filter_state_arguments(key: &str, value: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + value.len() + 8);

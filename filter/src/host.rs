@@ -36,6 +36,10 @@ pub fn request_header(name: &str) -> Option<String> {
     abi::get_header(MapType::HttpRequestHeaders, name)
 }
 
+pub fn remove_request_header(name: &str) -> bool {
+    abi::remove_header(MapType::HttpRequestHeaders, name)
+}
+
 pub fn add_response_header(name: &str, value: &str) -> bool {
     abi::add_header(MapType::HttpResponseHeaders, name, value)
 }
@@ -62,16 +66,14 @@ pub fn post_json(
     authority: &str,
     path: &str,
     body: &[u8],
-    extra_headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<u32, Status> {
-    let mut headers = vec![
+    let headers = vec![
         (":method", "POST"),
         (":path", path),
         (":authority", authority),
         ("content-type", "application/json"),
     ];
-    headers.extend_from_slice(extra_headers);
     hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
 }
 

@@ -17,6 +17,7 @@
 //! talk to the host use only the status-returning host calls, so nothing can panic on a
 //! host error.
 
+pub mod allow_list;
 pub mod config;
 pub mod fail_open;
 pub mod filter_state;

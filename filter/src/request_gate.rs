@@ -2,7 +2,9 @@
 //! everything else (GETs, other paths, non-JSON bodies, bodiless POSTs) continues at once
 //! without being buffered or delayed.
 
-use crate::config::{PathKind, PluginConfig};
+use kvroute_blockhash::Endpoint;
+
+use crate::config::PluginConfig;
 
 /// The request-header facts the decision needs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -19,7 +21,7 @@ pub struct RequestHead<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     /// Buffer the body and route it as this API.
-    Touch(PathKind),
+    Touch(Endpoint),
     /// Declared larger than `max_body_bytes`: pass on, counted as body_too_large.
     TooLarge,
     /// Not ours: continue untouched and uncounted.
@@ -74,11 +76,11 @@ mod tests {
         let json = Some("application/json");
         assert_eq!(
             gate(&c, &head("POST", "/v1/chat/completions", json)),
-            Gate::Touch(PathKind::Chat)
+            Gate::Touch(Endpoint::ChatCompletions)
         );
         assert_eq!(
             gate(&c, &head("post", "/v1/completions?a=b", None)),
-            Gate::Touch(PathKind::Completions)
+            Gate::Touch(Endpoint::Completions)
         );
         assert_eq!(
             gate(&c, &head("GET", "/v1/chat/completions", json)),

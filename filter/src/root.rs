@@ -1,8 +1,10 @@
 //! The per-VM root context: reads the plugin configuration, defines the metrics, fetches
-//! each model's tokenizer files (once the VM has seen its first request, unless
-//! `preload_tokenizers`; retrying every second until they load) and creates one
+//! each model's tokenizer files (when the plugin starts, or at the VM's first request with
+//! `preload_tokenizers: false`; retrying every second until they load) and creates one
 //! [`crate::stream::KvRouteStream`] per request. Until a model's tokenizer is loaded its
-//! requests pass unrouted, so a slow or absent indexer never delays Envoy's start.
+//! requests pass unrouted, so a slow or absent indexer never delays Envoy's start. A
+//! configuration it cannot use leaves the VM inert (routing nothing, counted), never
+//! failing the plugin's load.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -160,8 +162,24 @@ impl RootContext for KvRouteRoot {
         let config = match PluginConfig::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                host::log(LogLevel::Critical, &format!("kvroute: {e}"));
-                return false;
+                // Refusing the configuration would make Envoy fail every request of the
+                // listener (closed), whatever the filter's fail-open setting: load inert.
+                host::log(
+                    LogLevel::Critical,
+                    &format!("kvroute: {e}; the filter routes nothing until it is fixed"),
+                );
+                self.to_load.clear();
+                self.fetching.clear();
+                self.calls.clear();
+                self.vm = PluginConfig::parse(b"{}").ok().map(|defaults| {
+                    Rc::new(VmState::inert(
+                        e.to_string(),
+                        defaults,
+                        FilterMetrics::define_all(),
+                        self.context_id,
+                    ))
+                });
+                return true;
             }
         };
         self.to_load = config
@@ -184,8 +202,9 @@ impl RootContext for KvRouteRoot {
     }
 
     fn on_tick(&mut self) {
-        // Lazy by default: a VM loads its tokenizers once it has seen a request. The VM on
-        // Envoy's main thread never does, which saves a whole tokenizer (~100 MiB) per Envoy.
+        // With `preload_tokenizers: false` a VM loads its tokenizers once it has seen a
+        // request. The VM on Envoy's main thread never does, which saves a whole tokenizer
+        // (~100 MiB) per Envoy, at the price of each worker's first request going unrouted.
         let wanted = self
             .vm
             .as_ref()

@@ -1,45 +1,23 @@
-//! The indexer's HTTP API as the filter speaks it: the route request it sends and the
-//! classification of whatever comes back (an answer, or the fail-open reason). Pure, so
-//! every status/body combination is unit-tested natively.
+//! The indexer's answers as the filter classifies them: a route, or the fail-open reason.
+//! The bodies themselves are the contract in `kvroute-api`, which the indexer uses too.
+//! Pure, so every status/body combination is unit-tested natively.
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use kvroute_api::{ErrorAnswer, RouteAnswer};
 
+use crate::allow_list::AllowList;
 use crate::fail_open::FailOpenReason;
 
-/// `POST /v1/route` body.
-#[derive(Debug, Serialize)]
-pub struct RouteRequest<'a> {
-    pub model: &'a str,
-    pub block_hashes: &'a [u64],
-    /// Only sent in estimate mode; the indexer then scores from its routing history.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<&'a str>,
-}
-
-/// `POST /v1/route/complete` body.
-#[derive(Debug, Serialize)]
-pub struct CompleteRequest {
-    pub ticket: u64,
-}
-
-/// The parts of a 200 answer the filter uses (candidates are for humans and logs).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RouteAnswer {
-    pub endpoint: String,
-    #[serde(default)]
-    pub matched_blocks: u64,
-    #[serde(default)]
-    pub ticket: Option<u64>,
-}
-
 /// Turn the indexer's status and body into an answer or a fail-open reason.
-/// `status` is `None` when Envoy delivered no response headers at all (call failed).
-pub fn classify_answer(status: Option<u16>, body: &[u8]) -> Result<RouteAnswer, FailOpenReason> {
-    let from_indexer = serde_json::from_slice::<serde_json::Value>(body)
-        .map(|v| v.get("error").is_some())
-        .unwrap_or(false);
+/// `status` is `None` when Envoy delivered no response headers at all (call failed). An
+/// endpoint outside `allowed` is refused: the filter never sends a request elsewhere.
+pub fn classify_answer(
+    status: Option<u16>,
+    body: &[u8],
+    allowed: &AllowList,
+) -> Result<RouteAnswer, FailOpenReason> {
+    let from_indexer = serde_json::from_slice::<ErrorAnswer>(body).is_ok();
     match status {
         None => Err(FailOpenReason::IndexerUnavailable),
         Some(200) => {
@@ -47,6 +25,9 @@ pub fn classify_answer(status: Option<u16>, body: &[u8]) -> Result<RouteAnswer, 
                 serde_json::from_slice(body).map_err(|_| FailOpenReason::BadAnswer)?;
             if answer.endpoint.parse::<SocketAddr>().is_err() {
                 return Err(FailOpenReason::BadAnswer);
+            }
+            if !allowed.allows(&answer.endpoint) {
+                return Err(FailOpenReason::EndpointNotAllowed);
             }
             Ok(answer)
         }
@@ -64,60 +45,69 @@ pub fn classify_answer(status: Option<u16>, body: &[u8]) -> Result<RouteAnswer, 
 mod tests {
     use super::*;
 
+    fn any() -> AllowList {
+        AllowList::parse(&["0.0.0.0/0", "::/0"]).expect("everything")
+    }
+
+    #[test]
+    fn an_endpoint_outside_the_allow_list_is_refused() {
+        let body = br#"{"endpoint":"169.254.169.254:80","dp_rank":0,"matched_blocks":1,"ticket":1,"reason":"cache_hit","candidates":[]}"#;
+        assert_eq!(
+            classify_answer(Some(200), body, &AllowList::default_ranges()),
+            Err(FailOpenReason::EndpointNotAllowed)
+        );
+        assert!(classify_answer(Some(200), body, &any()).is_ok());
+    }
+
     #[test]
     fn a_200_with_an_ip_port_endpoint_is_an_answer() {
         let a = classify_answer(
             Some(200),
-            br#"{"endpoint":"10.0.0.5:8000","matched_blocks":93,"ticket":7,"candidates":[]}"#,
+            br#"{"endpoint":"10.0.0.5:8000","dp_rank":0,"matched_blocks":93,"ticket":7,"reason":"cache_hit","candidates":[]}"#,
+            &any()
         )
         .expect("answer");
         assert_eq!(a.endpoint, "10.0.0.5:8000");
         assert_eq!(a.matched_blocks, 93);
-        assert_eq!(a.ticket, Some(7));
+        assert_eq!(a.ticket, 7);
     }
 
     #[test]
     fn every_failure_maps_to_its_reason() {
         use FailOpenReason::*;
-        assert_eq!(classify_answer(None, b""), Err(IndexerUnavailable));
-        assert_eq!(classify_answer(Some(200), b"{"), Err(BadAnswer));
+        assert_eq!(classify_answer(None, b"", &any()), Err(IndexerUnavailable));
+        assert_eq!(classify_answer(Some(200), b"{", &any()), Err(BadAnswer));
         assert_eq!(
-            classify_answer(Some(200), br#"{"endpoint":"pod-a"}"#),
+            classify_answer(
+                Some(200),
+                br#"{"endpoint":"pod-a","dp_rank":0,"matched_blocks":0,"ticket":1,"reason":"spill","candidates":[]}"#,
+                &any()
+            ),
             Err(BadAnswer)
         );
         assert_eq!(
-            classify_answer(Some(404), br#"{"error":"unknown model"}"#),
+            classify_answer(Some(404), br#"{"error":"unknown model"}"#, &any()),
             Err(UnknownModel)
         );
         assert_eq!(
-            classify_answer(Some(503), br#"{"error":"no live pod"}"#),
+            classify_answer(Some(503), br#"{"error":"no live pod"}"#, &any()),
             Err(NoPod)
         );
         assert_eq!(
-            classify_answer(Some(503), b"no healthy upstream"),
+            classify_answer(Some(503), b"no healthy upstream", &any()),
             Err(IndexerUnavailable)
         );
         assert_eq!(
-            classify_answer(Some(504), b"upstream request timeout"),
+            classify_answer(Some(504), b"upstream request timeout", &any()),
             Err(Timeout)
         );
         assert_eq!(
-            classify_answer(Some(400), br#"{"error":"bad"}"#),
+            classify_answer(Some(400), br#"{"error":"bad"}"#, &any()),
             Err(IndexerError)
         );
-        assert_eq!(classify_answer(Some(404), b"not found"), Err(IndexerError));
-    }
-
-    #[test]
-    fn route_request_serializes_as_the_documented_json() {
-        let r = RouteRequest {
-            model: "m",
-            block_hashes: &[1, u64::MAX],
-            mode: None,
-        };
         assert_eq!(
-            serde_json::to_string(&r).expect("json"),
-            r#"{"model":"m","block_hashes":[1,18446744073709551615]}"#
+            classify_answer(Some(404), b"not found", &any()),
+            Err(IndexerError)
         );
     }
 }

@@ -8,15 +8,17 @@
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use kvroute_blockhash::{Request, RequestExtras, RequestKeys};
+use kvroute_api::{prompt_route_uri, CompleteRequest, RouteAnswer, RouteRequest};
+use kvroute_blockhash::{Endpoint, Request, RequestExtras, RequestKeys};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel};
 
-use crate::config::{Mode, PathKind, TokenizeIn};
+use crate::config::TokenizeIn;
 use crate::fail_open::FailOpenReason;
+use crate::filter_state::DESTINATION_HEADER;
 use crate::host;
 use crate::request_gate::{gate, Gate, RequestHead};
-use crate::route_api::{classify_answer, CompleteRequest, RouteAnswer, RouteRequest};
+use crate::route_api::classify_answer;
 use crate::vm_state::VmState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +26,7 @@ enum Phase {
     /// Not ours, or already decided: everything continues.
     Pass,
     /// Buffering the body of a request we route.
-    Buffering(PathKind),
+    Buffering(Endpoint),
     /// Waiting for the indexer's answer (call token).
     AwaitingIndexer(u32),
 }
@@ -67,7 +69,7 @@ impl KvRouteStream {
     fn dispatch_route(
         &mut self,
         vm: &VmState,
-        kind: PathKind,
+        kind: Endpoint,
         body: &[u8],
     ) -> Result<u32, FailOpenReason> {
         let config = &vm.config;
@@ -81,16 +83,13 @@ impl KvRouteStream {
             .ok_or(FailOpenReason::UnknownModel)?;
         let timeout = config.call_timeout;
         if model.tokenize_in == TokenizeIn::Indexer {
-            let path_header = [
-                ("x-kvroute-api", kind_name(kind)),
-                ("x-kvroute-model", model.base),
-            ];
+            // The indexer reads the model (and resolves LoRA adapters) from the body itself;
+            // the API travels as the standard path of the configured kind.
             return host::post_json(
                 &config.indexer_cluster,
                 &config.indexer_authority,
-                &config.prompt_route_path,
+                &prompt_route_uri(&config.prompt_route_path, kind.path()),
                 body,
-                &path_header,
                 timeout,
             )
             .map_err(|_| FailOpenReason::DispatchFailed);
@@ -98,8 +97,8 @@ impl KvRouteStream {
         let encoder = vm
             .encoder(model.base)
             .ok_or(FailOpenReason::TokenizerNotLoaded)?;
-        let request = Request::parse(body, Some(kind.endpoint()))
-            .map_err(|e| FailOpenReason::from_blockhash(&e))?;
+        let request =
+            Request::parse(body, Some(kind)).map_err(|e| FailOpenReason::from_blockhash(&e))?;
         let extras = RequestExtras {
             cache_salt: request.cache_salt.clone(),
             lora_name: model.lora_name.map(str::to_string),
@@ -110,9 +109,8 @@ impl KvRouteStream {
             .map_err(|e| FailOpenReason::from_blockhash(&e))?;
         vm.metrics.hash_time(host::micros_since(hash_started));
         let route = RouteRequest {
-            model: model.base,
-            block_hashes: &keys.block_hashes,
-            mode: (config.mode == Mode::Estimate).then_some("estimate"),
+            model: model.base.into(),
+            block_hashes: keys.block_hashes.as_slice().into(),
         };
         let json = serde_json::to_vec(&route).map_err(|_| FailOpenReason::HashError)?;
         host::post_json(
@@ -120,14 +118,13 @@ impl KvRouteStream {
             &config.indexer_authority,
             &config.route_path,
             &json,
-            &[],
             timeout,
         )
         .map_err(|_| FailOpenReason::DispatchFailed)
     }
 
     /// The whole body is buffered: start the decision, or fail open at once.
-    fn decide(&mut self, vm: &VmState, kind: PathKind) -> Action {
+    fn decide(&mut self, vm: &VmState, kind: Endpoint) -> Action {
         self.decision_started = host::now();
         let Some(body) = host::buffer(BufferType::HttpRequestBody, self.buffered) else {
             self.fail_open(FailOpenReason::MalformedRequest);
@@ -160,7 +157,6 @@ impl KvRouteStream {
             &config.indexer_authority,
             &config.complete_path,
             &body,
-            &[],
             config
                 .call_timeout
                 .max(std::time::Duration::from_millis(1000)),
@@ -184,14 +180,6 @@ fn timeout_micros(vm: &VmState) -> u64 {
     (vm.config.call_timeout.as_micros() as u64).saturating_sub(1000)
 }
 
-fn kind_name(kind: PathKind) -> &'static str {
-    match kind {
-        PathKind::Chat => "chat",
-        PathKind::Completions => "completions",
-        PathKind::Messages => "messages",
-    }
-}
-
 impl Context for KvRouteStream {
     fn on_http_call_response(
         &mut self,
@@ -210,10 +198,10 @@ impl Context for KvRouteStream {
         };
         let status = host::call_response_status();
         let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
-        match classify_answer(status, &body) {
+        match classify_answer(status, &body, &vm.config.allowed_endpoints) {
             Ok(answer) => match host::set_original_dst(&answer.endpoint) {
                 Ok(()) => {
-                    vm.metrics.routed(answer.matched_blocks);
+                    vm.metrics.routed(answer.matched_blocks as u64);
                     vm.metrics
                         .decision_time(host::micros_since(self.decision_started));
                     self.answer = Some(answer);
@@ -230,6 +218,16 @@ impl Context for KvRouteStream {
                     self.fail_open(FailOpenReason::FilterStateRefused);
                 }
             },
+            Err(FailOpenReason::EndpointNotAllowed) => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "kvroute: not routed, the indexer's answer names an endpoint outside allowed_endpoints: {:?}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ),
+                );
+                self.fail_open(FailOpenReason::EndpointNotAllowed)
+            }
             Err(FailOpenReason::IndexerUnavailable)
                 if status.is_none()
                     && host::micros_since(self.decision_started) >= timeout_micros(&vm) =>
@@ -245,6 +243,9 @@ impl Context for KvRouteStream {
 
 impl HttpContext for KvRouteStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // Whatever happens next (routed, fail open, not ours), a client's own destination
+        // header never reaches a pod: only the route the filter picked sets it.
+        host::remove_request_header(DESTINATION_HEADER);
         let Some(vm) = self.vm.clone() else {
             return Action::Continue;
         };
@@ -260,6 +261,10 @@ impl HttpContext for KvRouteStream {
             end_of_stream,
         };
         self.phase = match gate(&vm.config, &head) {
+            Gate::Touch(_) if vm.unusable.is_some() => {
+                vm.metrics.fail_open(FailOpenReason::ConfigInvalid);
+                Phase::Pass
+            }
             Gate::Touch(kind) => Phase::Buffering(kind),
             Gate::TooLarge => {
                 vm.metrics.fail_open(FailOpenReason::BodyTooLarge);
@@ -320,7 +325,7 @@ impl HttpContext for KvRouteStream {
         if !vm.config.report_completion {
             return;
         }
-        if let Some(ticket) = self.answer.as_ref().and_then(|a| a.ticket) {
+        if let Some(ticket) = self.answer.as_ref().map(|a| a.ticket) {
             self.send_completion(&vm, ticket);
         }
     }

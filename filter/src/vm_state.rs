@@ -22,6 +22,9 @@ pub struct VmState {
     pub root_context_id: u32,
     /// This VM has created a request context: it serves traffic, so it needs tokenizers.
     pub demand: Cell<bool>,
+    /// Why the configuration was refused, when it was: the VM is inert (routes nothing,
+    /// counts `config_invalid`) instead of failing Envoy's plugin load.
+    pub unusable: Option<String>,
 }
 
 impl VmState {
@@ -34,7 +37,21 @@ impl VmState {
             encoders: RefCell::new(HashMap::new()),
             root_context_id,
             demand: Cell::new(false),
+            unusable: None,
         }
+    }
+
+    /// A VM whose configuration was refused for `reason`: `defaults` (the configuration
+    /// `{}`) decides which requests it would have routed, and those are counted.
+    pub fn inert(
+        reason: String,
+        defaults: PluginConfig,
+        metrics: FilterMetrics,
+        root_context_id: u32,
+    ) -> Self {
+        let mut vm = Self::new(defaults, metrics, root_context_id);
+        vm.unusable = Some(reason);
+        vm
     }
 
     pub fn encoder(&self, model: &str) -> Option<Rc<PromptEncoder>> {

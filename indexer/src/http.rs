@@ -1,10 +1,12 @@
-//! The indexer's HTTP API (axum). Every error is JSON `{"error": "..."}` with a status that
-//! says whose fault it is: 400 malformed, 404 unknown model or file, 503 no live pod.
+//! The indexer's HTTP API (axum). The routes the filter calls, and their bodies, are the
+//! contract in `kvroute-api` (one definition for both sides); every error is its
+//! `ErrorAnswer` with a status that says whose fault it is: 400 malformed, 404 unknown
+//! model or file, 503 no live pod.
 //!
-//! - `POST /v1/route` `{"model", "block_hashes": [u64]}` -> `{"endpoint", "matched_blocks",
-//!   "ticket", "reason", "candidates"}`
-//! - `POST /v1/route/prompt` raw OpenAI/Anthropic body -> the same, tokenized here
-//! - `POST /v1/route/complete` `{"ticket"}`: the routed request finished
+//! - `POST /v1/route` `RouteRequest` -> `RouteAnswer`
+//! - `POST /v1/route/prompt?path=<request path>` raw OpenAI/Anthropic body -> the same,
+//!   tokenized here, with `prompt_tokens`
+//! - `POST /v1/route/complete` `CompleteRequest` -> `CompleteAnswer`
 //! - `GET /v1/tokenizers/{model}/{file}`: tokenizer files for the filter
 //! - `GET /v1/pods`, `GET /metrics`, `GET /healthz`, `GET /readyz`
 
@@ -16,9 +18,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as Axum};
+use kvroute_api::{
+    CompleteAnswer, CompleteRequest, ErrorAnswer, PromptQuery, RouteRequest, COMPLETE_PATH,
+    PROMPT_ROUTE_PATH, ROUTE_PATH, TOKENIZERS_PATH,
+};
 use kvroute_blockhash::request::Endpoint;
 use kvroute_blockhash::{BlockHasher, HashConfig, Request, RequestExtras, RequestKeys};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::models::Models;
@@ -46,10 +51,13 @@ pub struct AppState {
 
 pub fn app(state: Arc<AppState>) -> Axum {
     Axum::new()
-        .route("/v1/route", post(route))
-        .route("/v1/route/prompt", post(route_prompt))
-        .route("/v1/route/complete", post(complete))
-        .route("/v1/tokenizers/{model}/{file}", get(tokenizer_file))
+        .route(ROUTE_PATH, post(route))
+        .route(PROMPT_ROUTE_PATH, post(route_prompt))
+        .route(COMPLETE_PATH, post(complete))
+        .route(
+            &format!("{TOKENIZERS_PATH}/{{model}}/{{file}}"),
+            get(tokenizer_file),
+        )
         .route("/v1/pods", get(pods))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -58,7 +66,10 @@ pub fn app(state: Arc<AppState>) -> Axum {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": message.to_string() }))).into_response()
+    let body = ErrorAnswer {
+        error: message.to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 fn route_error(e: RouteError) -> Response {
@@ -69,14 +80,8 @@ fn route_error(e: RouteError) -> Response {
     error(status, e)
 }
 
-#[derive(Deserialize)]
-struct RouteRequest {
-    model: String,
-    block_hashes: Vec<u64>,
-}
-
 async fn route(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let req: RouteRequest = match serde_json::from_slice(&body) {
+    let req: RouteRequest<'static> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -87,19 +92,13 @@ async fn route(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     };
     let model = st
         .lora_bases
-        .get(&req.model)
+        .get(req.model.as_ref())
         .map(|a| a.base.clone())
-        .unwrap_or(req.model);
+        .unwrap_or_else(|| req.model.into_owned());
     match st.router.route(&model, &req.block_hashes) {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => route_error(e),
     }
-}
-
-#[derive(Deserialize)]
-struct PromptQuery {
-    /// The path the body was sent to (`/v1/chat/completions`, ...); detected if absent.
-    path: Option<String>,
 }
 
 async fn route_prompt(
@@ -151,23 +150,20 @@ async fn route_prompt(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match st.router.route(&model, &keys.block_hashes) {
-        Ok(answer) => {
-            let mut v = serde_json::to_value(answer).unwrap_or_default();
-            v["prompt_tokens"] = json!(keys.prompt_tokens);
-            Json(v).into_response()
+        Ok(mut answer) => {
+            answer.prompt_tokens = Some(keys.prompt_tokens);
+            Json(answer).into_response()
         }
         Err(e) => route_error(e),
     }
 }
 
-#[derive(Deserialize)]
-struct CompleteRequest {
-    ticket: u64,
-}
-
 async fn complete(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     match serde_json::from_slice::<CompleteRequest>(&body) {
-        Ok(c) => Json(json!({ "released": st.router.complete(c.ticket) })).into_response(),
+        Ok(c) => Json(CompleteAnswer {
+            released: st.router.complete(c.ticket),
+        })
+        .into_response(),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
             format!("malformed completion: {e}"),

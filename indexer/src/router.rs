@@ -15,7 +15,7 @@ use crate::load::InFlight;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pods::PodRegistry;
 use crate::route_memory::{merge_matches, RouteMemory};
-use crate::scoring::{decide, Candidate, Reason, ScoringWeights};
+use crate::scoring::{decide, ScoringWeights};
 
 /// Where precise knowledge comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -27,15 +27,7 @@ pub enum RouteMode {
     Estimate,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RouteAnswer {
-    pub endpoint: String,
-    pub dp_rank: u32,
-    pub matched_blocks: usize,
-    pub ticket: u64,
-    pub reason: Reason,
-    pub candidates: Vec<Candidate>,
-}
+pub use kvroute_api::RouteAnswer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -126,6 +118,7 @@ impl Router {
             ticket,
             reason: decision.reason,
             candidates: decision.candidates,
+            prompt_tokens: None,
         })
     }
 

@@ -12,25 +12,8 @@ pub use kvroute_scoring::{Reason, Weights as ScoringWeights};
 use crate::index::PodMatch;
 use crate::types::{PodId, PodLoad};
 
-/// One candidate as scored, for the answer and for debugging.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Candidate {
-    pub endpoint: String,
-    pub dp_rank: u32,
-    pub matched_blocks: usize,
-    /// Prompt tokens the pod's cache saves.
-    pub saved_tokens: f64,
-    /// Prefill tokens queued before this request (ours pending + the scraped rest).
-    pub queued_tokens: f64,
-    /// Predicted time to first token, in prefill tokens.
-    pub ttft_tokens: f64,
-    /// What the choice minimized (predicted TTFT plus the work the request adds).
-    pub load_cost: f64,
-    /// This router's decisions on the pod not yet prefilled, and their uncached tokens.
-    pub pending_requests: u32,
-    pub pending_tokens: f64,
-    pub load: PodLoad,
-}
+// Candidates travel in the route answer: defined with it, in the contract.
+pub use kvroute_api::Candidate;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

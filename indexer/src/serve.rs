@@ -39,7 +39,8 @@ pub struct ServeConfig {
     /// adapter's path as the engines load it: vLLM >= 0.31 hashes it into the tagged LoRA key.
     #[arg(long = "lora", value_name = "ADAPTER=BASE[=PATH]")]
     pub loras: Vec<String>,
-    /// The engines' --prefix-caching-hash-algo.
+    /// The engines' --prefix-caching-hash-algo: sha256 (vLLM's default), sha256_cbor,
+    /// xxhash, xxhash_cbor or sha256_cbor_64bit.
     #[arg(long, default_value_t = defaults::HASH_ALGO)]
     pub hash_algo: HashScheme,
     /// The engines' PYTHONHASHSEED (default: vLLM's "vllm-none-hash").

@@ -35,18 +35,8 @@ impl fmt::Display for PodId {
     }
 }
 
-/// Load of one pod as the indexer sees it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct PodLoad {
-    /// Decisions sent to this pod and not yet reported complete (nor timed out).
-    pub in_flight: u32,
-    /// vLLM's `vllm:num_requests_waiting` (last scrape).
-    pub waiting: f64,
-    /// vLLM's `vllm:num_requests_running` (last scrape).
-    pub running: f64,
-    /// vLLM's `vllm:kv_cache_usage_perc` (0..1, last scrape).
-    pub kv_usage: f64,
-}
+// Load travels in the route answer's candidates: defined with it, in the contract.
+pub use kvroute_api::PodLoad;
 
 /// How an engine's published hashes become index keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -129,33 +129,8 @@ pub struct Score {
     pub cost: f64,
 }
 
-/// Why a pod was chosen. Spelled by [`Reason::as_str`] alone, in the indexer's JSON answer
-/// and in its metrics' `reason` label alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The pod holding the longest prefix.
-    CacheHit,
-    /// A prefix is cached elsewhere (or longer elsewhere), but that pod's queue costs more.
-    Spill,
-    /// Nothing cached anywhere: least predicted wait.
-    LeastLoaded,
-}
-
-impl Reason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::CacheHit => "cache_hit",
-            Reason::Spill => "spill",
-            Reason::LeastLoaded => "least_loaded",
-        }
-    }
-}
-
-impl serde::Serialize for Reason {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
+// The reason travels in the route answer and the metrics: defined once, in the contract.
+pub use kvroute_api::Reason;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

@@ -17,6 +17,9 @@ use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::routing::{get, post};
 use axum::Router;
+use kvroute_api::{
+    CompleteAnswer, RouteAnswer, COMPLETE_PATH, PROMPT_ROUTE_PATH, ROUTE_PATH, TOKENIZERS_PATH,
+};
 
 /// What route calls get.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct RouteCall {
     pub path: String,
+    /// The query string, if any (`path=/v1/chat/completions` on prompt routes).
+    pub query: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -65,10 +70,13 @@ impl ScriptedIndexer {
             calls: Mutex::new(Vec::new()),
         });
         let app = Router::new()
-            .route("/v1/tokenizers/{model}/{file}", get(tokenizer_file))
-            .route("/v1/route", post(route))
-            .route("/v1/route/prompt", post(route))
-            .route("/v1/route/complete", post(route))
+            .route(
+                &format!("{TOKENIZERS_PATH}/{{model}}/{{file}}"),
+                get(tokenizer_file),
+            )
+            .route(ROUTE_PATH, post(route))
+            .route(PROMPT_ROUTE_PATH, post(route))
+            .route(COMPLETE_PATH, post(route))
             .with_state(shared.clone());
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -131,24 +139,30 @@ async fn route(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> (StatusCo
         Ok(mut calls) => {
             calls.push(RouteCall {
                 path: uri.path().to_string(),
+                query: uri.query().map(str::to_string),
                 body: body.to_vec(),
             });
-            calls
-                .iter()
-                .filter(|c| c.path != "/v1/route/complete")
-                .count()
+            calls.iter().filter(|c| c.path != COMPLETE_PATH).count()
         }
         Err(_) => 0,
     };
-    if uri.path() == "/v1/route/complete" {
-        return (StatusCode::OK, "{}".into());
+    if uri.path() == COMPLETE_PATH {
+        let answer = CompleteAnswer { released: true };
+        return (StatusCode::OK, json(&answer));
     }
     match &s.failure {
         RouteScript::Cycle(pods) if !pods.is_empty() => {
             let pod = pods[(n - 1) % pods.len()];
-            let answer =
-                serde_json::json!({"endpoint": pod.to_string(), "matched_blocks": n, "ticket": n});
-            (StatusCode::OK, answer.to_string())
+            let answer = RouteAnswer {
+                endpoint: pod.to_string(),
+                dp_rank: 0,
+                matched_blocks: n,
+                ticket: n as u64,
+                reason: kvroute_api::Reason::CacheHit,
+                candidates: Vec::new(),
+                prompt_tokens: None,
+            };
+            (StatusCode::OK, json(&answer))
         }
         RouteScript::Cycle(_) | RouteScript::CycleBackends => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -163,4 +177,8 @@ async fn route(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> (StatusCo
             body.clone(),
         ),
     }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

@@ -53,7 +53,8 @@ pub struct EngineConfig {
     /// chat_template.jinja), e.g. testdata/tokenizers/qwen3.
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// vLLM's --prefix-caching-hash-algo (sha256_cbor, sha256_cbor_64bit, xxhash_cbor).
+    /// vLLM's --prefix-caching-hash-algo (sha256, sha256_cbor, xxhash, xxhash_cbor,
+    /// sha256_cbor_64bit).
     #[arg(
         long = "hash-algo",
         alias = "prefix-caching-hash-algo",
