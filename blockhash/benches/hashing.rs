@@ -3,8 +3,6 @@
 //! captured runs, concatenated) and on ids spread over the whole vocabulary (most need the
 //! widest CBOR form). The CBOR encoding alone is measured too, to tell it from the digest.
 
-use std::path::PathBuf;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 use kvroute_blockhash::{BlockHasher, HashConfig, HashScheme};
 
@@ -12,10 +10,7 @@ const PROMPT_TOKENS: usize = 7_200;
 
 /// The captured requests' prompt token ids, concatenated and cut to `PROMPT_TOKENS`.
 fn real_token_ids() -> Vec<u32> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/vllm-0.32/requests.json");
-    let text = std::fs::read_to_string(path).expect("testdata/vllm-0.32/requests.json");
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("requests.json parses");
+    let doc = kvroute_testdata::vllm_requests();
     let ids: Vec<u32> = doc["requests"]
         .as_array()
         .expect("requests")

@@ -22,10 +22,7 @@ const CONTEXT_TOKENS: usize = 6_000;
 const QUESTION_TOKENS: usize = 1_200;
 
 fn tokenizer_dir() -> PathBuf {
-    std::env::var_os("KVROUTE_TOKENIZERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/tokenizers"))
-        .join("qwen3")
+    kvroute_testdata::tokenizer_dir("qwen3")
 }
 
 /// Varied prose (words, numbers, punctuation, a little code and unicode) from a

@@ -301,12 +301,7 @@ mod tests {
     use tokenizers::{OffsetReferential, OffsetType, SplitDelimiterBehavior, Tokenizer};
 
     fn tokenizer_dir(name: &str) -> std::path::PathBuf {
-        std::env::var_os("KVROUTE_TOKENIZERS")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tokenizers")
-            })
-            .join(name)
+        kvroute_testdata::tokenizer_dir(name)
     }
 
     /// What `tokenizers` itself splits, as byte ranges.

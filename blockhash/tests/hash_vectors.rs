@@ -3,8 +3,6 @@
 //! scheme, seed, block size and extra-keys form, digest by digest, and the hand-written CBOR
 //! and pickle encoders byte for byte against cbor2's canonical output and Python's pickle.
 
-use std::path::PathBuf;
-
 use kvroute_blockhash::extra_keys::{BlockExtraKeys, ExtraKey};
 use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, RequestExtras};
 use serde_json::Value;
@@ -15,7 +13,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn every_generated_vector_matches() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/hashes.json");
+    let path = kvroute_testdata::repo_root().join("tests/vectors/hashes.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() > 1800);

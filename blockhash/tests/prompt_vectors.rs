@@ -3,21 +3,12 @@
 //! prompt text, identical token ids, the same refusals; and the segment cache never changes
 //! an id compared with the uncached path.
 
-use std::path::PathBuf;
-
 use kvroute_blockhash::request::{Endpoint, Prompt};
 use kvroute_blockhash::{PromptEncoder, Request};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn encoder(model: &str, cache_bytes: usize) -> PromptEncoder {
-    let dir = std::env::var_os("KVROUTE_TOKENIZERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("testdata/tokenizers"))
-        .join(model);
+    let dir = kvroute_testdata::tokenizer_dir(model);
     PromptEncoder::with_cache_bytes(
         &std::fs::read(dir.join("tokenizer.json")).expect("run scripts/setup.sh"),
         &std::fs::read(dir.join("tokenizer_config.json")).unwrap(),
@@ -28,7 +19,7 @@ fn encoder(model: &str, cache_bytes: usize) -> PromptEncoder {
 }
 
 fn load(path: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(repo().join(path)).unwrap()).unwrap()
+    kvroute_testdata::read_json(&kvroute_testdata::repo_root().join(path))
 }
 
 /// The corpus body with the corpus' fixed template kwargs (a fixed date) merged in.

@@ -2,16 +2,11 @@
 //! sha256_cbor), chaining vLLM's exact prompt token ids must give the block hashes vLLM
 //! published, both as u64 (default wire) and as 32-byte digests (bytes wire).
 
-use std::path::PathBuf;
-
 use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme, RequestExtras};
 use serde_json::Value;
 
 fn captures() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/vllm-0.32/requests.json");
-    let text = std::fs::read_to_string(&path).expect("testdata/vllm-0.32/requests.json");
-    serde_json::from_str(&text).expect("requests.json parses")
+    kvroute_testdata::vllm_requests()
 }
 
 fn hasher_for(run: &Value) -> BlockHasher {
@@ -143,20 +138,15 @@ fn key_of(digest: &kvroute_blockhash::BlockDigest, bytes_wire: bool) -> String {
 /// `token_ids` (prompt and generated tokens alike) from its parent's full digest, with the
 /// event's untagged extra keys re-tagged as vLLM hashes them, gives the published hash.
 fn every_stored_block_rehashes_to_the_published_hash(run_dir: &str, bytes_wire: bool) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/vllm-0.32")
-        .join(run_dir)
-        .join("index.json");
-    let text = std::fs::read_to_string(&path).expect("index.json");
-    let messages: Value = serde_json::from_str(&text).expect("index.json parses");
+    let messages = kvroute_testdata::vllm_capture(run_dir).messages;
     let doc = captures();
     let hasher = hasher_for(&doc["runs"][run_dir]);
     // Published hash -> full digest: the parent of a later event is only published as
     // its (possibly truncated) wire value, so the chain continues from what we computed.
     let mut digests = std::collections::HashMap::new();
     let (mut blocks, mut salted) = (0, 0);
-    for message in messages.as_array().expect("messages") {
-        for event in message["batch"][1].as_array().expect("events") {
+    for message in &messages {
+        for event in message.entry["batch"][1].as_array().expect("events") {
             if event["type"] != "BlockStored" {
                 continue;
             }

@@ -2,27 +2,13 @@
 //! rendered with the real Qwen3 template, tokenized with the real Qwen3 tokenizer and
 //! hashed, must give vLLM's exact prompt token ids and the block hashes it published.
 
-use std::path::PathBuf;
-
 use kvroute_blockhash::request::Endpoint;
 use kvroute_blockhash::{
     BlockHasher, HashConfig, HashScheme, PromptEncoder, Request, RequestExtras, RequestKeys,
 };
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tokenizer_dir(name: &str) -> PathBuf {
-    std::env::var_os("KVROUTE_TOKENIZERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("testdata/tokenizers"))
-        .join(name)
-}
 
 fn qwen3(cache_bytes: usize) -> PromptEncoder {
-    let dir = tokenizer_dir("qwen3");
+    let dir = kvroute_testdata::tokenizer_dir("qwen3");
     PromptEncoder::with_cache_bytes(
         &std::fs::read(dir.join("tokenizer.json")).expect("run scripts/setup.sh"),
         &std::fs::read(dir.join("tokenizer_config.json")).unwrap(),
@@ -34,10 +20,7 @@ fn qwen3(cache_bytes: usize) -> PromptEncoder {
 
 #[test]
 fn captured_requests_give_vllms_tokens_and_hashes() {
-    let doc: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = kvroute_testdata::vllm_requests();
     let run = &doc["runs"]["sha256_cbor_seed42"];
     let hasher = BlockHasher::new(HashConfig {
         scheme: HashScheme::Sha256Cbor,

@@ -8,15 +8,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn qwen3_dir() -> PathBuf {
-    std::env::var_os("KVROUTE_TOKENIZERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("testdata/tokenizers"))
-        .join("qwen3")
+    kvroute_testdata::tokenizer_dir("qwen3")
 }
 
 fn run_keys(body: &[u8], extra: &[&str]) -> (i32, String, String) {
@@ -41,10 +34,7 @@ fn run_keys(body: &[u8], extra: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn captured_requests_print_vllms_tokens_and_hashes() {
-    let doc: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = kvroute_testdata::vllm_requests();
     let run = &doc["runs"]["sha256_cbor_seed42"];
     let mut checked = 0;
     for r in doc["requests"].as_array().unwrap() {
@@ -73,20 +63,14 @@ fn captured_requests_print_vllms_tokens_and_hashes() {
 fn vllms_default_hashing_captures_equal_kvroute_keys() {
     // Real vLLM 0.32 at its default `sha256` (pickle) and at `xxhash`, with and without
     // PYTHONHASHSEED: `kvroute keys` prints the chains the engines published.
-    let doc: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = kvroute_testdata::vllm_requests();
     for folder in [
         "sha256_default",
         "sha256_seed42",
         "xxhash_seed42",
         "xxhash_default",
     ] {
-        let run: Value = serde_json::from_slice(
-            &std::fs::read(repo().join(format!("testdata/vllm-0.32/{folder}/run.json"))).unwrap(),
-        )
-        .unwrap();
+        let run = kvroute_testdata::vllm_capture(folder).meta;
         let algo = run["prefix_caching_hash_algo"]
             .as_str()
             .unwrap()

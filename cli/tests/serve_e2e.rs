@@ -2,16 +2,11 @@
 //! the real vLLM 0.32 frames to it over TCP (as vLLM does with the seed's config), and the
 //! HTTP API answers for the captured requests with the pod that holds their prefix.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use zeromq::{Socket, SocketSend, ZmqMessage};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -31,47 +26,23 @@ impl Drop for Daemon {
 }
 
 fn captured_until(stop_at: &str) -> Vec<Vec<Vec<u8>>> {
-    let dir = repo().join("testdata/vllm-0.32/sha256_cbor_seed42");
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index
-        .as_array()
-        .unwrap()
-        .iter()
-        .take_while(|e| e["attributed_request"] != stop_at)
-        .map(|e| {
-            e["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
-                .collect()
-        })
+    kvroute_testdata::vllm_capture("sha256_cbor_seed42")
+        .messages
+        .into_iter()
+        .take_while(|m| m.entry["attributed_request"] != stop_at)
+        .map(|m| m.frames)
         .collect()
 }
 
 fn request_body(name: &str) -> Value {
-    let doc: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
-    )
-    .unwrap();
-    doc["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap()["request"]
-        .clone()
+    kvroute_testdata::vllm_request(name)["request"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_frames_over_zeromq_route_to_the_engine_that_holds_them() {
     let http_port = free_port();
     let zmq_port = free_port();
-    let qwen3 = std::env::var_os("KVROUTE_TOKENIZERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("testdata/tokenizers"))
-        .join("qwen3");
+    let qwen3 = kvroute_testdata::tokenizer_dir("qwen3");
     let _daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_kvroute"))
             .args(["serve", "--listen", &format!("127.0.0.1:{http_port}")])

@@ -319,8 +319,8 @@ fn http_bench(fleet: &workload::Fleet) -> (f64, f64) {
     let addr = server.block_on(async {
         let config = ServeConfig {
             models: vec![format!(
-                "m={}/../testdata/tokenizers/qwen3",
-                env!("CARGO_MANIFEST_DIR")
+                "m={}",
+                kvroute_testdata::tokenizer_dir("qwen3").display()
             )],
             ingest: IngestConfig::with_engines((0..fleet.engines).map(host)),
             max_entries: 2 * fleet.entries(),

@@ -4,13 +4,12 @@
 //! docs, or a flag added without a row, fails here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use kvroute_indexer::serve::ServeConfig;
 
 /// `--flag` -> the default column of its row, from every table of the document.
 fn documented_defaults() -> BTreeMap<String, String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/indexer.md");
+    let path = kvroute_testdata::repo_root().join("docs/indexer.md");
     let doc = std::fs::read_to_string(&path).expect("docs/indexer.md");
     let mut rows = BTreeMap::new();
     for line in doc.lines() {

@@ -3,7 +3,6 @@
 //! own computed keys match; with the engines' seed the keys are vLLM's values ("native"),
 //! with another seed they are recomputed from token ids ("rekey") and still match.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvroute_blockhash::{BlockHasher, ExtraKeysStyle, HashConfig, HashScheme};
@@ -12,11 +11,6 @@ use kvroute_indexer::ingest::{DropReason, Ingest, IngestConfig, Outcome, Source}
 use kvroute_indexer::metrics::Metrics;
 use kvroute_indexer::pods::PodRegistry;
 use kvroute_indexer::types::{KeyMode, PodId};
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn config(engines: &[&str]) -> IngestConfig {
     IngestConfig::with_engines(engines.iter().copied())
@@ -56,43 +50,13 @@ fn setup(seed: &str) -> Setup {
 
 /// Captured messages (frames) in order, with the request each is attributed to.
 fn captured(run: &str) -> Vec<(Vec<Vec<u8>>, String)> {
-    let dir = repo().join("testdata/vllm-0.32").join(run);
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let frames = e["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
-                .collect();
-            (
-                frames,
-                e["attributed_request"].as_str().unwrap_or("").to_owned(),
-            )
+    kvroute_testdata::vllm_capture(run)
+        .messages
+        .into_iter()
+        .map(|m| {
+            let attributed = m.entry["attributed_request"].as_str().unwrap_or("");
+            (m.frames, attributed.to_owned())
         })
-        .collect()
-}
-
-fn request_ids(name: &str) -> Vec<u32> {
-    let doc: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/vllm-0.32/requests.json")).unwrap(),
-    )
-    .unwrap();
-    doc["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap()["prompt_token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
         .collect()
 }
 
@@ -102,7 +66,7 @@ fn keys_for(name: &str, seed: &str) -> Vec<u64> {
         block_size: 64,
         seed: Some(seed.into()),
     })
-    .event_values(&request_ids(name))
+    .event_values(&kvroute_testdata::vllm_request_token_ids(name))
 }
 
 fn pod() -> PodId {

@@ -4,7 +4,6 @@
 //! indexer dials an engine that binds (identity = the endpoint dialed). The other tests feed
 //! `Ingest::handle` directly; these prove the socket loops deliver the same result.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,30 +13,15 @@ use kvroute_indexer::ingest::{Ingest, IngestConfig};
 use kvroute_indexer::metrics::Metrics;
 use kvroute_indexer::pods::PodRegistry;
 use kvroute_indexer::types::{KeyMode, PodId};
+use kvroute_testdata::Run;
 use serde_json::Value;
 use zeromq::{Socket, SocketSend, ZmqMessage};
 
-/// One generated run: messages as frames, and the index.json describing them.
-fn run(name: &str) -> (Vec<Vec<Vec<u8>>>, Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/kv-frames")
-        .join(name);
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let messages = index["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
-                .collect()
-        })
-        .collect();
-    (messages, index)
+/// One generated run: messages as frames, and the run describing them.
+fn run(name: &str) -> (Vec<Vec<Vec<u8>>>, Run) {
+    let run = kvroute_testdata::generated_frames(name);
+    let messages = run.messages.iter().map(|m| m.frames.clone()).collect();
+    (messages, run)
 }
 
 /// The u64 event values of one BlockStored in index.json (ints, or digests' low 64 bits).
@@ -55,8 +39,8 @@ fn event_values(v: &Value) -> Vec<u64> {
         .collect()
 }
 
-fn stored(index: &Value, message: usize, event: usize) -> &Value {
-    &index["messages"][message]["batch"][1][event]
+fn stored(run: &Run, message: usize, event: usize) -> &Value {
+    &run.messages[message].entry["batch"][1][event]
 }
 
 fn free_port() -> u16 {

@@ -4,8 +4,6 @@
 //! BlockStored, one hash per BlockRemoved, as the real captures show) and the real
 //! captured frames are decoded as well.
 
-use std::path::PathBuf;
-
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use kvroute_kvevents::{
     decode_message, encode_message, BlockRemoved, BlockStored, EngineHash, EventBatch, KvEvent,
@@ -91,10 +89,7 @@ fn bench_set(c: &mut Criterion, name: &str, frames: &[[Vec<u8>; 3]]) {
 }
 
 fn captured_frames(run: &str) -> Vec<[Vec<u8>; 3]> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/vllm-0.32")
-        .join(run)
-        .join("frames");
+    let dir = kvroute_testdata::vllm_capture_dir(run).join("frames");
     let mut out = Vec::new();
     for n in 0.. {
         let read = |i: usize| std::fs::read(dir.join(format!("{n:06}.f{i}.bin")));

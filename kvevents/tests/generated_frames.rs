@@ -3,8 +3,6 @@
 //! 0.32 maps, int and bytes hashes. The captures cover only 0.32's maps; these prove the
 //! older generation decodes as vLLM meant it and that our encoder writes the same bytes.
 
-use std::path::PathBuf;
-
 use kvroute_kvevents::{decode_message, encode_payload, EngineHash, KvEvent, WireGeneration};
 use serde_json::Value;
 
@@ -23,11 +21,8 @@ fn hashes_json(hs: &[EngineHash]) -> Value {
 
 /// Returns the number of events checked.
 fn check_run(run: &str) -> usize {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/kv-frames")
-        .join(run);
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let data = kvroute_testdata::generated_frames(run);
+    let index = &data.meta;
     let generation = match index["generation"].as_str().unwrap() {
         "V010Arrays" => WireGeneration::V010Arrays,
         "V03xMaps" => WireGeneration::V03xMaps,
@@ -35,13 +30,8 @@ fn check_run(run: &str) -> usize {
     };
     let int_hashes = index["int_hashes"].as_bool().unwrap();
     let mut checked = 0;
-    for entry in index["messages"].as_array().unwrap() {
-        let frames: Vec<Vec<u8>> = entry["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
-            .collect();
+    for message in &data.messages {
+        let (entry, frames) = (&message.entry, &message.frames);
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         let msg = decode_message(&refs).unwrap();
         assert_eq!(msg.topic, entry["topic"].as_str().unwrap());

@@ -2,16 +2,8 @@
 //! captured message decodes to what index.json says vLLM sent, and re-encodes to the same
 //! bytes, for int hashes and for raw-bytes hashes.
 
-use std::path::PathBuf;
-
 use kvroute_kvevents::{decode_message, encode_payload, EngineHash, KvEvent, WireGeneration};
 use serde_json::Value;
-
-fn run_dir(run: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/vllm-0.32")
-        .join(run)
-}
 
 fn hash_json(h: &EngineHash) -> Value {
     match h {
@@ -23,17 +15,9 @@ fn hash_json(h: &EngineHash) -> Value {
 }
 
 fn check_run(run: &str) {
-    let dir = run_dir(run);
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     let mut events_checked = 0;
-    for entry in index.as_array().unwrap() {
-        let frames: Vec<Vec<u8>> = entry["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
-            .collect();
+    for message in kvroute_testdata::vllm_capture(run).messages {
+        let (entry, frames) = (&message.entry, &message.frames);
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         let msg = decode_message(&refs).unwrap();
         assert_eq!(msg.topic, entry["topic"].as_str().unwrap());

@@ -1,25 +1,14 @@
 //! Where the tests find the repository's artefacts: the Envoy binary, the tokenizers, the
 //! Envoy template and the filter's wasm module (built once per test process).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// `KVROUTE_TOKENIZERS` (set by scripts/test.sh) or `<repo>/testdata/tokenizers`.
-pub fn tokenizers_dir() -> PathBuf {
-    std::env::var_os("KVROUTE_TOKENIZERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("testdata/tokenizers"))
-}
+// The repository root and the tokenizers: one loader for every crate's tests.
+pub use kvroute_testdata::{repo_root, tokenizers_dir};
 
 /// The real Envoy: `ENVOY_BIN`, else `<repo>/.bin/envoy` (scripts/setup.sh links it).
 pub fn envoy_bin() -> anyhow::Result<PathBuf> {

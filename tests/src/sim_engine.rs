@@ -259,11 +259,7 @@ pub fn engine_sim_bin() -> anyhow::Result<PathBuf> {
 /// The seed's captured requests (`testdata/vllm-0.32/requests.json`), in the order real
 /// vLLM 0.32 served them, each with the prompt and cached tokens vLLM reported.
 pub fn seed_requests() -> anyhow::Result<Vec<serde_json::Value>> {
-    let path = paths::repo_root().join("testdata/vllm-0.32/requests.json");
-    let doc: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    doc["requests"]
+    kvroute_testdata::vllm_requests()["requests"]
         .as_array()
         .cloned()
         .context("requests.json has no requests array")

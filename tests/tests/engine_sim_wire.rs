@@ -18,36 +18,20 @@ use kvroute_kvevents::{
     decode_message, encode_payload, BlockRemoved, BlockStored, EngineHash, KvEvent, KvMessage,
     WireGeneration,
 };
-use kvroute_tests::paths;
 use kvroute_tests::ports::free_port;
 use kvroute_tests::sim_engine::{seed_requests, KvLink, SimEngine, SimEngineArgs};
 use serde_json::Value;
 use zeromq::{Socket, SocketRecv};
 
-fn capture_dir(run: &str) -> std::path::PathBuf {
-    paths::repo_root().join("testdata/vllm-0.32").join(run)
-}
-
 /// vLLM's messages, each with the request it was attributed to and its payload bytes.
 fn captured(run: &str) -> Vec<(String, KvMessage, Vec<u8>)> {
-    let dir = capture_dir(run);
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let frames: Vec<Vec<u8>> = e["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| std::fs::read(dir.join(f.as_str().unwrap())).unwrap())
-                .collect();
-            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-            let msg = decode_message(&refs).unwrap();
-            let request = e["attributed_request"].as_str().unwrap_or("").to_string();
-            (request, msg, frames[2].clone())
+    kvroute_testdata::vllm_capture(run)
+        .messages
+        .into_iter()
+        .map(|m| {
+            let msg = decode_message(&m.frame_refs()).unwrap();
+            let request = m.entry["attributed_request"].as_str().unwrap_or("");
+            (request.to_string(), msg, m.frames[2].clone())
         })
         .collect()
 }
@@ -67,8 +51,12 @@ fn digest_bytes_hashes_equal_real_vllm_032_frames_too() {
     same_events_as("sha256_cbor_seed42_byteshashes");
 }
 
+/// `--max-num-batched-tokens` of the engine the captures were made with (vLLM 0.32 on CPU,
+/// its OpenAI server's default).
+const CAPTURE_STEP_TOKENS: usize = 2048;
+
 fn same_events_as(capture: &str) {
-    let config = capture_dir(capture).join("run_config.json");
+    let config = kvroute_testdata::vllm_capture_dir(capture).join("run_config.json");
     let run: Value = serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
     let bytes_hashes = run["VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES"] == "0";
     let block_size = run["block_size"].as_u64().unwrap() as usize;
@@ -79,7 +67,10 @@ fn same_events_as(capture: &str) {
         .kv(KvLink::Bind(format!("tcp://127.0.0.1:{zmq}")))
         .time_scale(50.0)
         .hash_seed(run["PYTHONHASHSEED"].as_str().unwrap())
-        .arg("--kv-capacity-tokens", &capacity.to_string());
+        .arg("--kv-capacity-tokens", &capacity.to_string())
+        // The captured engine's step budget: it decides how a
+        // prompt is chunked, so how many event messages each request's blocks take.
+        .arg("--max-num-batched-tokens", &CAPTURE_STEP_TOKENS.to_string());
     if bytes_hashes {
         args.extra.push("--kv-bytes-hashes".into());
     }

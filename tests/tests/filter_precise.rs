@@ -4,17 +4,12 @@
 //! `PYTHONHASHSEED=42`, block size 64, a cache salt). The indexer here is the scripted
 //! stand-in, which records what it is asked.
 
-use kvroute_tests::paths;
 use kvroute_tests::scripted_indexer::RouteScript;
 use kvroute_tests::stack::{IndexerSpec, Stack};
 
 #[test]
 fn the_filter_sends_the_hashes_vllm_published() {
-    let captures: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(paths::repo_root().join("testdata/vllm-0.32/requests.json"))
-            .expect("requests.json"),
-    )
-    .expect("json");
+    let captures = kvroute_testdata::vllm_requests();
     let run = &captures["runs"]["sha256_cbor_seed42"];
     assert_eq!(run["PYTHONHASHSEED"], "42");
     let stack = Stack::builder()
