@@ -51,6 +51,8 @@ async fn captured_frames_over_zeromq_route_to_the_engine_that_holds_them() {
             .arg("--model")
             .arg(format!("Qwen3-32B={}", qwen3.display()))
             .args(["--hash-seed", "42", "--scrape-interval-ms", "60000"])
+            // The engines here are publishers only (no HTTP side to health-check).
+            .args(["--health-interval-ms", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -38,8 +38,12 @@ pub const ZMQ_PORT: u16 = 5557;
 pub const ENGINE_PORT: u16 = 8000;
 /// The topic layout of the seed's `--kv-events-config`.
 pub const TOPIC_PATTERN: &str = "kv@{host}@{model}";
-/// An engine silent this long is health-checked, and dropped if it does not answer.
-pub const SILENCE_TIMEOUT_SECS: u64 = 60;
+/// How often every engine's `/health` is checked: with the timeout below, a dead engine
+/// is out of routing within ~1.5 s (refused: within 0.5 s).
+pub const HEALTH_INTERVAL_MS: u64 = 500;
+/// A check slower than this failed: vLLM answers `/health` in milliseconds even under load
+/// (the API server answers it, not the engine loop).
+pub const HEALTH_TIMEOUT_MS: u64 = 1000;
 
 // --- scoring: its weights and defaults live in `kvroute-scoring` (shared with the fleet
 // model), re-exported as `ScoringWeights`.

@@ -1,4 +1,6 @@
-//! Load per pod: the indexer's own decisions in flight and each pod's vLLM metrics.
+//! Load per pod: the indexer's own decisions in flight and each pod's vLLM metrics (read
+//! from a scraped page here; the scraping itself is `ingest::health`'s, which also learns
+//! from a failed scrape that the engine is gone).
 //!
 //! Metrics lag and do not say how much work a queued request is; the indexer's own
 //! decisions say both. They live in a `kvroute_scoring::Ledger` (shared with the simulator's
@@ -7,7 +9,6 @@
 //! held until the filter reports the request complete, or after a TTL in case that report
 //! is lost.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvroute_scoring::{Ledger, Pending};
@@ -119,12 +120,14 @@ pub fn ledger_matches(ledger: &Ledger<PodId>, keys: &[u64]) -> Vec<PodMatch> {
         .collect()
 }
 
-/// The vLLM gauges that load is made of, from a Prometheus text page.
+/// The vLLM gauges that load is made of, from a Prometheus text page, and when the
+/// engine's process started (a new start time: the engine restarted, its cache is empty).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EngineGauges {
     pub waiting: f64,
     pub running: f64,
     pub kv_usage: f64,
+    pub process_start_time: Option<f64>,
 }
 
 /// Sum each gauge over its label sets (one per model/engine in the page).
@@ -150,59 +153,11 @@ pub fn parse_vllm_metrics(text: &str) -> EngineGauges {
             "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
                 g.kv_usage = g.kv_usage.max(value)
             }
+            "process_start_time_seconds" => g.process_start_time = Some(value),
             _ => {}
         }
     }
     g
-}
-
-/// Scrape every known pod's `/metrics` each `interval` until `shutdown` fires.
-pub async fn scrape_loop(
-    registry: Arc<PodRegistry>,
-    in_flight: Arc<InFlight>,
-    interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let client = match reqwest::Client::builder().timeout(interval).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("metrics scraper disabled: {e}");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        in_flight.expire(&registry);
-        let mut endpoints: Vec<Arc<str>> = registry.all().into_iter().map(|p| p.endpoint).collect();
-        endpoints.dedup();
-        for endpoint in endpoints {
-            let url = format!("http://{endpoint}/metrics");
-            let sent = Instant::now();
-            let gauges = match client.get(&url).send().await {
-                Ok(r) if r.status().is_success() => match r.text().await {
-                    Ok(t) => parse_vllm_metrics(&t),
-                    Err(_) => continue,
-                },
-                _ => continue,
-            };
-            for pod in registry
-                .all()
-                .into_iter()
-                .filter(|p| p.endpoint == endpoint)
-            {
-                registry.set_load(&pod, |l| {
-                    l.waiting = gauges.waiting;
-                    l.running = gauges.running;
-                    l.kv_usage = gauges.kv_usage;
-                });
-                in_flight.observe_queue(&pod, gauges.waiting, sent);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -215,13 +170,15 @@ mod tests {
             vllm:num_requests_waiting{model_name=\"Qwen3-32B\",engine=\"0\"} 3.0\n\
             vllm:num_requests_running{model_name=\"Qwen3-32B\",engine=\"0\"} 5.0\n\
             vllm:kv_cache_usage_perc{model_name=\"Qwen3-32B\"} 0.42\n\
-            vllm:prefix_cache_hits_total{model_name=\"Qwen3-32B\"} 100.0\n";
+            vllm:prefix_cache_hits_total{model_name=\"Qwen3-32B\"} 100.0\n\
+            process_start_time_seconds 1.7649e+09\n";
         assert_eq!(
             parse_vllm_metrics(page),
             EngineGauges {
                 waiting: 3.0,
                 running: 5.0,
-                kv_usage: 0.42
+                kv_usage: 0.42,
+                process_start_time: Some(1.7649e9),
             }
         );
     }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub seq_gaps: Counter,
     pub seq_restarts: Counter,
     pub replays: Counter,
+    pub relearns: Counter,
+    pub engine_restarts: Counter,
+    pub engines_down: Counter,
     pub orphans: Counter,
     pub index_entries: Gauge,
     pub route_decisions: Family<ReasonLabel, Counter>,
@@ -49,6 +52,9 @@ impl Metrics {
         let seq_gaps = Counter::default();
         let seq_restarts = Counter::default();
         let replays = Counter::default();
+        let relearns = Counter::default();
+        let engine_restarts = Counter::default();
+        let engines_down = Counter::default();
         let orphans = Counter::default();
         let index_entries = Gauge::default();
         let route_decisions = Family::<ReasonLabel, Counter>::default();
@@ -90,6 +96,21 @@ impl Metrics {
             seq_restarts.clone(),
         );
         registry.register("kv_replays", "Replay requests sent", replays.clone());
+        registry.register(
+            "kv_relearns",
+            "Engines re-learned from their replay buffer (start, reconnection, return)",
+            relearns.clone(),
+        );
+        registry.register(
+            "engine_restarts",
+            "Engine restarts seen (sequence restart, reconnection, new process start time): index entry emptied",
+            engine_restarts.clone(),
+        );
+        registry.register(
+            "engines_down",
+            "Engines taken out of routing (health check, metrics scrape or event stream failed)",
+            engines_down.clone(),
+        );
         registry.register(
             "kv_orphan_blocks",
             "Re-keyed blocks dropped because their parent was unknown",
@@ -135,6 +156,9 @@ impl Metrics {
             seq_gaps,
             seq_restarts,
             replays,
+            relearns,
+            engine_restarts,
+            engines_down,
             orphans,
             index_entries,
             route_decisions,

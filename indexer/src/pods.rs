@@ -4,14 +4,15 @@
 //! The registry is the allow-list too: events from a publisher that is not a known engine
 //! (static list or DNS discovery) are dropped, so nobody else in the cluster can poison the
 //! index. It also keeps what `/v1/pods` shows per engine: how its keys are made, its last
-//! sequence number, when it last spoke, and its load.
+//! sequence number, when it last spoke, its load, and its health. With health checks on
+//! (`with_health_checks`), only engines whose last check passed are routed to.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::types::{KeyMode, PodId, PodLoad};
+use crate::types::{Health, KeyMode, PodId, PodLoad};
 
 /// What `/v1/pods` reports for one engine.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,6 +29,11 @@ pub struct PodStatus {
     pub orphans_dropped: u64,
     pub stale: bool,
     pub load: PodLoad,
+    pub health: Health,
+    /// Why the last check failed, while it is down.
+    pub down_because: Option<String>,
+    /// vLLM's `process_start_time_seconds`, when its metrics show it.
+    pub process_start_time: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +46,9 @@ struct PodState {
     orphans: u64,
     stale: bool,
     load: PodLoad,
+    health: Health,
+    down_because: Option<String>,
+    process_start_time: Option<f64>,
 }
 
 impl Default for PodState {
@@ -53,6 +62,9 @@ impl Default for PodState {
             orphans: 0,
             stale: false,
             load: PodLoad::default(),
+            health: Health::Unknown,
+            down_because: None,
+            process_start_time: None,
         }
     }
 }
@@ -63,6 +75,8 @@ pub struct PodRegistry {
     pods: RwLock<BTreeMap<PodId, PodState>>,
     /// The model assumed for engines that have not said theirs (single-model fleets).
     default_model: Option<String>,
+    /// Route only to engines whose last health check passed.
+    health_checked: bool,
 }
 
 impl PodRegistry {
@@ -70,7 +84,19 @@ impl PodRegistry {
         Self {
             pods: RwLock::new(BTreeMap::new()),
             default_model,
+            health_checked: false,
         }
+    }
+
+    /// Route only to engines whose last health check passed (`Up`); without this every
+    /// known engine is routed to.
+    pub fn with_health_checks(mut self) -> Self {
+        self.health_checked = true;
+        self
+    }
+
+    fn routable(&self, s: &PodState) -> bool {
+        !self.health_checked || s.health == Health::Up
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<PodId, PodState>> {
@@ -81,9 +107,23 @@ impl PodRegistry {
         self.pods.write()
     }
 
-    /// Add an engine (static list, discovery, or a new DP rank of a known endpoint).
+    /// Add an engine (static list, discovery, or a new DP rank of a known endpoint: it
+    /// shares its endpoint's health).
     pub fn add(&self, pod: PodId) {
-        self.write().entry(pod).or_default();
+        let mut pods = self.write();
+        if pods.contains_key(&pod) {
+            return;
+        }
+        let sibling = pods
+            .iter()
+            .find(|(p, _)| p.endpoint == pod.endpoint)
+            .map(|(_, s)| (s.health, s.down_because.clone(), s.process_start_time));
+        let state = pods.entry(pod).or_default();
+        if let Some((health, why, start)) = sibling {
+            state.health = health;
+            state.down_because = why;
+            state.process_start_time = start;
+        }
     }
 
     /// Forget an engine; returns whether it was known.
@@ -100,10 +140,62 @@ impl PodRegistry {
         self.read().keys().cloned().collect()
     }
 
-    /// Engines serving `model`, with their load.
+    /// Every known endpoint, once (ranks share theirs).
+    pub fn endpoints(&self) -> Vec<std::sync::Arc<str>> {
+        let mut endpoints: Vec<_> = self.read().keys().map(|p| p.endpoint.clone()).collect();
+        endpoints.dedup();
+        endpoints
+    }
+
+    /// Whether some engine can be routed to.
+    pub fn any_routable(&self) -> bool {
+        self.read().values().any(|s| self.routable(s))
+    }
+
+    /// Record a health check of `endpoint` (every rank); returns the health it had.
+    pub fn set_health(&self, endpoint: &str, health: Health, why: Option<String>) -> Health {
+        let mut previous = Health::Unknown;
+        for (_, s) in self
+            .write()
+            .iter_mut()
+            .filter(|(p, _)| &*p.endpoint == endpoint)
+        {
+            previous = s.health;
+            s.health = health;
+            s.down_because = why.clone();
+        }
+        previous
+    }
+
+    pub fn health(&self, endpoint: &str) -> Health {
+        self.read()
+            .iter()
+            .find(|(p, _)| &*p.endpoint == endpoint)
+            .map_or(Health::Unknown, |(_, s)| s.health)
+    }
+
+    /// Record `endpoint`'s `process_start_time_seconds`; returns the one it had before,
+    /// when it differs (the engine restarted).
+    pub fn set_process_start_time(&self, endpoint: &str, start: f64) -> Option<f64> {
+        let mut changed = None;
+        for (_, s) in self
+            .write()
+            .iter_mut()
+            .filter(|(p, _)| &*p.endpoint == endpoint)
+        {
+            if let Some(before) = s.process_start_time.filter(|b| *b != start) {
+                changed = Some(before);
+            }
+            s.process_start_time = Some(start);
+        }
+        changed
+    }
+
+    /// Routable engines serving `model`, with their load.
     pub fn pods_for_model(&self, model: &str) -> Vec<(PodId, PodLoad)> {
         self.read()
             .iter()
+            .filter(|(_, s)| self.routable(s))
             .filter(|(_, s)| s.model.as_deref().or(self.default_model.as_deref()) == Some(model))
             .map(|(p, s)| (p.clone(), s.load))
             .collect()
@@ -179,15 +271,6 @@ impl PodRegistry {
         self.update(pod, |s| f(&mut s.load));
     }
 
-    /// Engines silent for longer than `max_silence` (candidates for a health check).
-    pub fn silent_for(&self, max_silence: std::time::Duration) -> Vec<PodId> {
-        self.read()
-            .iter()
-            .filter(|(_, s)| s.last_event.is_some_and(|t| t.elapsed() > max_silence))
-            .map(|(p, _)| p.clone())
-            .collect()
-    }
-
     /// Per-engine status; `blocks` gives (GPU, lower-tier) block counts from the index.
     pub fn snapshot(
         &self,
@@ -210,6 +293,9 @@ impl PodRegistry {
                     orphans_dropped: s.orphans,
                     stale: s.stale,
                     load: s.load,
+                    health: s.health,
+                    down_because: s.down_because.clone(),
+                    process_start_time: s.process_start_time,
                 }
             })
             .collect()

@@ -19,7 +19,7 @@ use crate::defaults;
 use crate::http::{app, AppState, LoraAdapter};
 use crate::index::{BlockIndex, PodIndex};
 use crate::ingest::{Ingest, IngestConfig};
-use crate::load::{scrape_loop, InFlight};
+use crate::load::InFlight;
 use crate::metrics::Metrics;
 use crate::models::Models;
 use crate::pods::PodRegistry;
@@ -65,9 +65,6 @@ pub struct ServeConfig {
     /// An in-flight decision is released after this long without a completion report.
     #[arg(long, default_value_t = defaults::IN_FLIGHT_TTL_SECS)]
     pub in_flight_ttl_secs: u64,
-    /// How often each engine's /metrics is scraped.
-    #[arg(long, default_value_t = defaults::SCRAPE_INTERVAL_MS)]
-    pub scrape_interval_ms: u64,
     #[command(flatten)]
     pub ingest: IngestConfig,
     #[command(flatten)]
@@ -90,7 +87,6 @@ impl Default for ServeConfig {
             max_entries: defaults::MAX_ENTRIES,
             estimate_ttl_secs: defaults::ESTIMATE_TTL_SECS,
             in_flight_ttl_secs: defaults::IN_FLIGHT_TTL_SECS,
-            scrape_interval_ms: defaults::SCRAPE_INTERVAL_MS,
             ingest: IngestConfig::default(),
             weights: ScoringWeights::default(),
         }
@@ -124,7 +120,6 @@ impl LoraAdapter {
 pub struct Daemon {
     pub state: Arc<AppState>,
     pub ingest: Arc<Ingest>,
-    scrape_interval: Duration,
 }
 
 /// Everything built from the configuration; a configuration that cannot work is refused
@@ -132,7 +127,12 @@ pub struct Daemon {
 pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
     let models = Models::load(&config.models)?;
     let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(PodRegistry::new(models.single()));
+    let registry = PodRegistry::new(models.single());
+    let registry = Arc::new(if config.ingest.health_checked() {
+        registry.with_health_checks()
+    } else {
+        registry
+    });
     let index: Arc<dyn PodIndex> = Arc::new(BlockIndex::new(config.max_entries));
     let hash = HashConfig {
         scheme: config.hash_algo,
@@ -181,11 +181,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
         extra_keys: config.extra_keys,
         lora_bases,
     });
-    Ok(Daemon {
-        state,
-        ingest,
-        scrape_interval: Duration::from_millis(config.scrape_interval_ms.max(50)),
-    })
+    Ok(Daemon { state, ingest })
 }
 
 impl Daemon {
@@ -199,13 +195,11 @@ impl Daemon {
         let (stop, stopped) = watch::channel(false);
         let addr = listener.local_addr().context("the API socket's address")?;
         tracing::info!(listen = %addr, models = ?self.state.models.names(), mode = ?self.state.router.mode, "kvroute indexer up");
-        let ingest_task = tokio::spawn(self.ingest.run(stopped.clone()));
-        let scrape_task = tokio::spawn(scrape_loop(
-            self.state.router.registry.clone(),
-            self.state.router.in_flight.clone(),
-            self.scrape_interval,
-            stopped.clone(),
-        ));
+        let ingest_task = tokio::spawn(self.ingest.clone().run(stopped.clone()));
+        let scrape_task = tokio::spawn(
+            self.ingest
+                .scrape(self.state.router.in_flight.clone(), stopped.clone()),
+        );
         let mut http_stopped = stopped.clone();
         let server = axum::serve(listener, app(self.state)).with_graceful_shutdown(async move {
             let _ = http_stopped.changed().await;

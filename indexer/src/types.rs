@@ -49,3 +49,13 @@ pub enum KeyMode {
     /// Keys recomputed from each event's tokens (other scheme or seed, e.g. `sha256`).
     Rekey,
 }
+
+/// Whether an engine answers, as the health checks last saw it. With health checks on,
+/// only `Up` engines are routed to: an engine is `Unknown` until its first check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Unknown,
+    Up,
+    Down,
+}

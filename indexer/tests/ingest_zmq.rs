@@ -4,6 +4,7 @@
 //! indexer dials an engine that binds (identity = the endpoint dialed). The other tests feed
 //! `Ingest::handle` directly; these prove the socket loops deliver the same result.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -258,43 +259,92 @@ async fn connect_mode_vllm_0_32_bytes_hashes_rekeyed_with_another_seed() {
 /// An engine's replay endpoint as vLLM's ZmqEventPublisher serves it: a ROUTER that takes
 /// `[b"", start_seq]` and answers each buffered message, then an end marker (seq -1).
 /// `with_topic`: vLLM 0.3x layout `[b"", topic, seq, payload]`; else 0.10/0.11's `[b"", seq, payload]`.
+/// The buffer holds `buffer`'s messages below `published` (what the engine has published so
+/// far); every request's start is sent to `starts`.
 async fn serve_replay(
     mut router: zeromq::RouterSocket,
     buffer: Vec<Vec<Vec<u8>>>,
     with_topic: bool,
-) -> u64 {
+    published: Arc<AtomicU64>,
+    starts: tokio::sync::mpsc::UnboundedSender<u64>,
+) {
     use zeromq::SocketRecv;
-    let request = router.recv().await.unwrap();
-    let frames: Vec<Vec<u8>> = request.iter().map(|f| f.to_vec()).collect();
-    assert_eq!(frames.len(), 3, "[client, b\"\", start]: {frames:?}");
-    let start = u64::from_be_bytes(frames[2].as_slice().try_into().unwrap());
-    let reply = |parts: Vec<Vec<u8>>| {
-        let mut msg = ZmqMessage::from(frames[0].clone());
-        msg.push_back(Vec::<u8>::new().into());
-        for p in parts {
-            msg.push_back(p.into());
+    while let Ok(request) = router.recv().await {
+        let frames: Vec<Vec<u8>> = request.iter().map(|f| f.to_vec()).collect();
+        assert_eq!(frames.len(), 3, "[client, b\"\", start]: {frames:?}");
+        let start = u64::from_be_bytes(frames[2].as_slice().try_into().unwrap());
+        let reply = |parts: Vec<Vec<u8>>| {
+            let mut msg = ZmqMessage::from(frames[0].clone());
+            msg.push_back(Vec::<u8>::new().into());
+            for p in parts {
+                msg.push_back(p.into());
+            }
+            msg
+        };
+        let end = published.load(Ordering::SeqCst);
+        for m in buffer.iter().filter(|m| {
+            let seq = u64::from_be_bytes(m[1].as_slice().try_into().unwrap());
+            seq >= start && seq < end
+        }) {
+            let parts = if with_topic {
+                m.clone()
+            } else {
+                m[1..].to_vec()
+            };
+            router.send(reply(parts)).await.unwrap();
         }
-        msg
-    };
-    for m in buffer
-        .iter()
-        .filter(|m| u64::from_be_bytes(m[1].as_slice().try_into().unwrap()) >= start)
-    {
+        let end = (-1i64).to_be_bytes().to_vec();
         let parts = if with_topic {
-            m.clone()
+            vec![vec![], end, vec![]]
         } else {
-            m[1..].to_vec()
+            vec![end, vec![]]
         };
         router.send(reply(parts)).await.unwrap();
+        let _ = starts.send(start);
     }
-    let end = (-1i64).to_be_bytes().to_vec();
-    let parts = if with_topic {
-        vec![vec![], end, vec![]]
-    } else {
-        vec![end, vec![]]
-    };
-    router.send(reply(parts)).await.unwrap();
-    start
+}
+
+/// A replay ROUTER on a free port serving `buffer`: its port, what it has published, and
+/// the start of every request it answered.
+async fn replayer(
+    buffer: Vec<Vec<Vec<u8>>>,
+    with_topic: bool,
+    published: u64,
+) -> (
+    u16,
+    Arc<AtomicU64>,
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
+    let mut router = zeromq::RouterSocket::new();
+    let port = free_port();
+    router
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let published = Arc::new(AtomicU64::new(published));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(serve_replay(
+        router,
+        buffer,
+        with_topic,
+        published.clone(),
+        tx,
+    ));
+    (port, published, rx)
+}
+
+/// Waits for a replay request starting at `start`, skipping others (re-learning from 0).
+async fn replay_asked_from(starts: &mut tokio::sync::mpsc::UnboundedReceiver<u64>, start: u64) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(s) = starts.recv().await {
+            if s == start {
+                return;
+            }
+        }
+        panic!("replayer gone");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no replay asked from {start}"));
 }
 
 async fn gap_is_replayed(run_name: &str, with_topic: bool) {
@@ -305,30 +355,24 @@ async fn gap_is_replayed(run_name: &str, with_topic: bool) {
         .bind(&format!("tcp://127.0.0.1:{port}"))
         .await
         .unwrap();
-    let mut router = zeromq::RouterSocket::new();
-    let replay_port = free_port();
-    router
-        .bind(&format!("tcp://127.0.0.1:{replay_port}"))
-        .await
-        .unwrap();
+    // Nothing published yet: the re-learning asked at the first dial finds nothing.
+    let (replay_port, published, mut starts) = replayer(messages.clone(), with_topic, 0).await;
     let mut cfg = config(None, vec![format!("127.0.0.1:{port}")]);
     cfg.replay_port = Some(replay_port);
     let d = daemon(cfg, "42");
     let first = event_values(&stored(&index, 0, 0)["block_hashes"]);
     let second = event_values(&stored(&index, 1, 0)["block_hashes"]);
     let chain: Vec<u64> = first.iter().chain(&second).copied().collect();
-    let replayer = tokio::spawn(serve_replay(router, messages.clone(), with_topic));
+    replay_asked_from(&mut starts, 0).await;
     send_until_seen(&d, &mut engine, &messages[0], &first).await;
     // Message 1 is lost on the PUB socket; message 2 reveals the gap.
+    published.store(3, Ordering::SeqCst);
     send(&mut engine, &messages[2]).await;
-    let start = tokio::time::timeout(Duration::from_secs(5), replayer)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(start, 1);
+    replay_asked_from(&mut starts, 1).await;
     // Replayed message 1 stored the continuation; message 2 then evicted its last block.
     wait_for("the replayed continuation", || gpu_run(&d, &chain) == 4).await;
     assert_eq!(d.metrics.replays.get(), 1);
+    assert_eq!(d.metrics.relearns.get(), 1);
     assert_eq!(d.metrics.seq_gaps.get(), 0);
     let status = d.registry.snapshot(&Default::default());
     let me = status
@@ -349,6 +393,32 @@ async fn a_gap_is_replayed_from_a_vllm_0_32_router() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_is_replayed_from_a_vllm_0_11_router() {
     gap_is_replayed("vllm-0.11.0_int_hashes", false).await;
+}
+
+/// An indexer (re)started after its engine published (bind wiring: the engine's
+/// connection alone says nothing): what the engine still buffers is learned from its
+/// replay socket at start, before any live message. (Connect wiring: at every dial,
+/// `gap_is_replayed` sees that request.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexer_started_after_its_engine_relearns_its_buffer() {
+    let (messages, index) = run("vllm-0.32.0_int_hashes");
+    let first = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let second = event_values(&stored(&index, 1, 0)["block_hashes"]);
+    let chain: Vec<u64> = first.iter().chain(&second).copied().collect();
+    let (replay_port, _published, mut starts) = replayer(messages.clone(), true, 3).await;
+    let mut cfg = config(
+        Some(format!("tcp://127.0.0.1:{}", free_port())),
+        vec!["127.0.0.1".into()],
+    );
+    cfg.replay_port = Some(replay_port);
+    let d = daemon(cfg, "42");
+    replay_asked_from(&mut starts, 0).await;
+    // Messages 0..3 replayed: message 1's continuation stored, message 2's eviction applied.
+    wait_for("the re-learned buffer", || gpu_run(&d, &chain) == 4).await;
+    assert_eq!(d.metrics.relearns.get(), 1);
+    let status = d.registry.snapshot(&Default::default());
+    assert_eq!(status[0].last_seq, Some(2), "{status:?}");
+    let _ = d.stop.send(true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,6 +646,8 @@ async fn an_oversized_replay_answer_is_refused_and_counted() {
     })
     .await;
     assert_eq!(d.metrics.replays.get(), 1);
-    assert_eq!(d.metrics.oversized_messages.get(), 1);
+    assert_eq!(d.metrics.relearns.get(), 1);
+    // Three attempts each: the re-learning asked at the first dial, and the gap's replay.
+    assert_eq!(d.metrics.oversized_messages.get(), 6);
     let _ = d.stop.send(true);
 }

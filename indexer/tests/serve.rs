@@ -12,8 +12,12 @@ async fn serves_on_the_given_listener_until_the_given_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ServeConfig {
-        // Nothing listens on port 1: ingestion retries quietly in the background.
-        ingest: IngestConfig::with_engines(["127.0.0.1:1=9"]),
+        // Nothing listens on port 1: ingestion retries quietly in the background. Nothing
+        // answers on port 9 either: without health checks the engine is routable, so ready.
+        ingest: IngestConfig {
+            health_interval_ms: 0,
+            ..IngestConfig::with_engines(["127.0.0.1:1=9"])
+        },
         ..ServeConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

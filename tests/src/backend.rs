@@ -2,7 +2,9 @@
 //! a request and *what* it received: it answers every request, records it, and names
 //! itself in the `x-served-by` header and the JSON body. Streaming requests get a
 //! server-sent-events answer like vLLM's. (Engines that keep a KV cache and publish real
-//! KV events are the simulator's job; this one only observes.)
+//! KV events are the simulator's job; this one only observes.) The indexer's health checks
+//! and metrics scrapes (`GET /health`, `GET /metrics`) are answered and not recorded: no
+//! client sent them.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -89,6 +91,9 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
+    if method == Method::GET && matches!(uri.path(), "/health" | "/metrics") {
+        return Response::new(Body::empty());
+    }
     let hit = Hit {
         method: method.to_string(),
         path: uri.path().to_string(),

@@ -145,6 +145,8 @@ pub struct SimEngine {
     pub name: String,
     pub addr: SocketAddr,
     process: ManagedProcess,
+    args: SimEngineArgs,
+    dir: PathBuf,
 }
 
 impl SimEngine {
@@ -161,6 +163,8 @@ impl SimEngine {
             name: addr.to_string(),
             addr,
             process,
+            args: args.clone(),
+            dir: dir.to_path_buf(),
         };
         let ready = wait_until(Duration::from_secs(30), || {
             http::send(addr, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200)
@@ -181,8 +185,17 @@ impl SimEngine {
         self.process.is_running()
     }
 
+    /// SIGKILL, as a crashed or evicted pod: no goodbye on any socket.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Start the same engine again (killing it first if it runs), with an empty cache, and
+    /// wait until `/health` answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        *self = Self::start(&self.args.clone(), &self.dir.clone())?;
+        Ok(())
     }
 
     /// POST a JSON body to the engine itself (not through Envoy).

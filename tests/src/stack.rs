@@ -412,6 +412,7 @@ impl StackBuilder {
 
         let mut scripted = None;
         let mut indexer_process = None;
+        let mut indexer_command = None;
         let indexer_addr = match self.indexer {
             IndexerSpec::Scripted(script) => {
                 let script = match script {
@@ -442,24 +443,14 @@ impl StackBuilder {
                     models: self.models.clone(),
                     kv: indexer_kv.clone(),
                 };
-                let proc = ManagedProcess::spawn(
-                    "kvroute serve",
-                    &paths::kvroute_bin()?,
-                    &args(&ports),
+                let command = args(&ports);
+                indexer_process = Some(start_indexer(
+                    &command,
+                    ports.http,
                     dir.join("indexer.log"),
-                )?;
-                let reach = reachable(ports.http);
-                let ready = wait_until(Duration::from_secs(20), || {
-                    http::send(reach, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
-                });
-                if !ready {
-                    bail!(
-                        "kvroute serve did not become ready\n{}",
-                        proc.log_tail(4000)
-                    );
-                }
-                indexer_process = Some(proc);
-                reach
+                )?);
+                indexer_command = Some(command);
+                reachable(ports.http)
             }
         };
 
@@ -538,6 +529,10 @@ impl StackBuilder {
             std::thread::sleep(Duration::from_millis(500));
         }
 
+        if let (Some(command), Some(indexer)) = (&indexer_command, &indexer_process) {
+            wait_engines_up(command, indexer_addr, &pods, indexer)?;
+        }
+
         let mut plugin = self.plugin;
         if !plugin.contains_key("models") {
             let models: serde_json::Map<String, serde_json::Value> = self
@@ -593,6 +588,7 @@ impl StackBuilder {
             indexer_addr,
             scripted,
             indexer_process,
+            indexer_command,
             dir,
             _runtime: runtime,
         })
@@ -606,6 +602,65 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     } else {
         addr
     }
+}
+
+/// `kvroute serve` with `command`, logging to `log`, ready (`/readyz`) on return.
+fn start_indexer(
+    command: &[String],
+    http: SocketAddr,
+    log: PathBuf,
+) -> anyhow::Result<ManagedProcess> {
+    let proc = ManagedProcess::spawn("kvroute serve", &paths::kvroute_bin()?, command, log)?;
+    let reach = reachable(http);
+    let ready = wait_until(Duration::from_secs(20), || {
+        http::send(reach, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    if !ready {
+        bail!(
+            "kvroute serve did not become ready\n{}",
+            proc.log_tail(4000)
+        );
+    }
+    Ok(proc)
+}
+
+/// With health checks on (`kvroute serve`'s default), an engine is routed to once its
+/// first check passed: wait until every pod's is, so the stack routes from its first
+/// request.
+fn wait_engines_up(
+    command: &[String],
+    indexer: SocketAddr,
+    pods: &[SocketAddr],
+    process: &ManagedProcess,
+) -> anyhow::Result<()> {
+    let checks_off = command
+        .windows(2)
+        .any(|w| w[0] == "--health-interval-ms" && w[1] == "0");
+    if checks_off || pods.is_empty() {
+        return Ok(());
+    }
+    let all_up = || {
+        let Ok(status) = http::send(indexer, "GET", "/v1/pods", &[], b"").and_then(|r| r.json())
+        else {
+            return false;
+        };
+        let up: Vec<&str> = status["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["health"] == "up")
+            .filter_map(|p| p["endpoint"].as_str())
+            .collect();
+        pods.iter()
+            .all(|pod| up.contains(&pod.to_string().as_str()))
+    };
+    if !wait_until(Duration::from_secs(10), all_up) {
+        bail!(
+            "the indexer never saw every engine answer its health check\n{}",
+            process.log_tail(4000)
+        );
+    }
+    Ok(())
 }
 
 /// The loopback IP of simulated engine `i`: 127.0.0.2, 127.0.0.3, ... (then 127.0.1.x:
@@ -627,6 +682,8 @@ pub struct Stack {
     pub indexer_addr: SocketAddr,
     scripted: Option<ScriptedIndexer>,
     indexer_process: Option<ManagedProcess>,
+    /// `kvroute serve`'s command line, to start it again.
+    indexer_command: Option<Vec<String>>,
     dir: PathBuf,
     _runtime: tokio::runtime::Runtime,
 }
@@ -707,6 +764,19 @@ impl Stack {
         if let Some(p) = self.indexer_process.as_mut() {
             p.kill();
         }
+    }
+
+    /// Start the real indexer again, same command line and port, after
+    /// [`Stack::kill_indexer`]; ready on return.
+    pub fn restart_indexer(&mut self) -> anyhow::Result<()> {
+        let command = self
+            .indexer_command
+            .clone()
+            .context("the stack does not run kvroute serve")?;
+        self.kill_indexer();
+        let log = self.dir.join("indexer-restarted.log");
+        self.indexer_process = Some(start_indexer(&command, self.indexer_addr, log)?);
+        Ok(())
     }
 
     /// Logs of every process, for assertion messages.

@@ -1,6 +1,8 @@
 //! `/metrics` with vLLM's names and labels, because the indexer's load scraper (and any
 //! dashboard built for vLLM) reads an engine by them: the queue gauges, KV-cache usage and
-//! the prefix-cache counters, labelled `engine` and `model_name` as vLLM's V1 engine does.
+//! the prefix-cache counters, labelled `engine` and `model_name` as vLLM's V1 engine does,
+//! and Python's `process_start_time_seconds` (the indexer learns from it that an engine
+//! restarted and lost its cache).
 
 use std::sync::atomic::AtomicU64;
 
@@ -47,6 +49,17 @@ impl EngineMetrics {
         let generation_tokens = Family::<EngineLabels, Counter>::default();
         let request_success = Family::<EngineLabels, Counter>::default();
         let mut registry = Registry::default();
+        let start_time = Gauge::<f64, AtomicU64>::default();
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            start_time,
+        );
         registry.register(
             "vllm:num_requests_running",
             "Number of requests in model execution batches",

@@ -32,9 +32,18 @@ pub struct IngestConfig {
     /// Topic layout; `{host}` is the engine (IP, optionally :port) and `{model}` its model.
     #[arg(long, default_value = defaults::TOPIC_PATTERN)]
     pub topic_pattern: String,
-    /// An engine silent this long is health-checked, and dropped if it does not answer.
-    #[arg(long, default_value_t = defaults::SILENCE_TIMEOUT_SECS)]
-    pub silence_timeout_secs: u64,
+    /// How often every engine's /health is checked; an engine that refuses, fails or does
+    /// not answer within --health-timeout-ms is out of routing until it answers again.
+    /// 0: no checks, every known engine is routed to.
+    #[arg(long, default_value_t = defaults::HEALTH_INTERVAL_MS)]
+    pub health_interval_ms: u64,
+    /// How often each engine's /metrics is scraped (load, restarts; a failed scrape takes
+    /// the engine out of routing as a failed health check does).
+    #[arg(long, default_value_t = defaults::SCRAPE_INTERVAL_MS)]
+    pub scrape_interval_ms: u64,
+    /// How long a health check (or a metrics scrape) may take before it counts as failed.
+    #[arg(long, default_value_t = defaults::HEALTH_TIMEOUT_MS)]
+    pub health_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -48,12 +57,19 @@ impl Default for IngestConfig {
             engine_port: defaults::ENGINE_PORT,
             replay_port: None,
             topic_pattern: defaults::TOPIC_PATTERN.to_owned(),
-            silence_timeout_secs: defaults::SILENCE_TIMEOUT_SECS,
+            health_interval_ms: defaults::HEALTH_INTERVAL_MS,
+            scrape_interval_ms: defaults::SCRAPE_INTERVAL_MS,
+            health_timeout_ms: defaults::HEALTH_TIMEOUT_MS,
         }
     }
 }
 
 impl IngestConfig {
+    /// Whether engines are health-checked (and only healthy ones routed to).
+    pub fn health_checked(&self) -> bool {
+        self.health_interval_ms > 0
+    }
+
     /// The defaults with these engines, for code embedding the ingestion (tests, benches).
     pub fn with_engines<S: Into<String>>(engines: impl IntoIterator<Item = S>) -> Self {
         Self {

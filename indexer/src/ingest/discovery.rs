@@ -41,6 +41,9 @@ pub async fn discovery_loop(
             tracing::info!(%host, "engine discovered");
             let spec = EngineSpec::new(host, zmq_port, ingest.config.engine_port);
             ingest.allow(spec.clone());
+            if ingest.config.zmq_bind.is_some() {
+                ingest.relearn(spec.endpoint.clone());
+            }
             let task = ingest
                 .config
                 .zmq_bind

@@ -1,43 +1,158 @@
-//! Health of engines that went silent: an engine whose last event is older than
-//! `--silence-timeout-secs` is asked `GET /health`, and dropped with its blocks if it does
-//! not answer.
+//! What the engines' HTTP side says, checked continuously whether or not an engine ever
+//! published: `GET /health` every `--health-interval-ms` and `GET /metrics` every
+//! `--scrape-interval-ms`, every engine at once so one hung engine delays no other. A
+//! refused, failed or late answer takes the engine out of routing; the next good answer
+//! puts it back (static lists and DNS alike). The metrics give load and vLLM's
+//! `process_start_time_seconds`: a new value means the engine restarted and lost its cache,
+//! so its index entry is emptied before it is routed to again.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
 
 use super::Ingest;
+use crate::load::{parse_vllm_metrics, EngineGauges, InFlight};
+use crate::types::Health;
 
-/// How long one `/health` check may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The HTTP client of the health checks; built at start so a failure stops the daemon
-/// instead of silently disabling the checks.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder().timeout(CHECK_TIMEOUT).build()
+/// The engines' HTTP client, every request bounded by `timeout`; built at start so a
+/// failure stops the daemon instead of silently disabling the checks.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().timeout(timeout).build()
 }
 
-/// Check silent engines every half silence timeout until shutdown.
+/// `GET http://{endpoint}{path}`: the body of a 2xx answer, or why there was none.
+async fn get(client: &reqwest::Client, endpoint: &str, path: &str) -> Result<String, String> {
+    let response = client
+        .get(format!("http://{endpoint}{path}"))
+        .send()
+        .await
+        .map_err(|e| format!("{path}: {}", describe(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!("{path}: HTTP {}", response.status()));
+    }
+    response
+        .text()
+        .await
+        .map_err(|e| format!("{path}: {}", describe(&e)))
+}
+
+fn describe(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "no answer in time"
+    } else if e.is_connect() {
+        "connection refused or unreachable"
+    } else {
+        "request failed"
+    }
+}
+
+/// Every known endpoint's `path`, all at once.
+async fn ask_all(ingest: &Ingest, path: &'static str) -> Vec<(Arc<str>, Result<String, String>)> {
+    let mut checks = JoinSet::new();
+    for endpoint in ingest.registry.endpoints() {
+        let client = ingest.http.clone();
+        checks.spawn(async move {
+            let answer = get(&client, &endpoint, path).await;
+            (endpoint, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = checks.join_next().await {
+        if let Ok(answer) = done {
+            answers.push(answer);
+        }
+    }
+    answers
+}
+
+/// `GET /health` of every engine each `interval` until shutdown.
 pub async fn health_loop(
     ingest: Arc<Ingest>,
-    client: reqwest::Client,
+    interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let timeout = Duration::from_secs(ingest.config.silence_timeout_secs.max(1));
-    let mut tick = tokio::time::interval(timeout / 2);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        for pod in ingest.registry.silent_for(timeout) {
-            let url = format!("http://{}/health", pod.endpoint);
-            let healthy = matches!(client.get(&url).send().await, Ok(r) if r.status().is_success());
-            if !healthy {
-                tracing::warn!(%pod, "silent and not healthy: dropped");
-                ingest.drop_endpoint(&pod.endpoint);
+        for (endpoint, answer) in ask_all(&ingest, "/health").await {
+            match answer {
+                Err(why) => ingest.engine_failed(&endpoint, why),
+                Ok(_) if ingest.registry.health(&endpoint) == Health::Up => {}
+                Ok(_) => {
+                    // Before routing to it (again): did it restart since it was last seen?
+                    // Until its metrics say, it is not routed to (its blocks may be gone).
+                    match get(&ingest.http, &endpoint, "/metrics").await {
+                        Ok(page) => ingest.engine_answered(
+                            &endpoint,
+                            parse_vllm_metrics(&page).process_start_time,
+                        ),
+                        Err(why) => ingest.engine_failed(&endpoint, why),
+                    }
+                }
             }
         }
+    }
+}
+
+/// `GET /metrics` of every engine each `interval` until shutdown: load, restarts, and (with
+/// health checks on) a failed scrape as a failed check. Expires in-flight decisions too.
+pub async fn scrape_loop(
+    ingest: Arc<Ingest>,
+    in_flight: Arc<InFlight>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        in_flight.expire(&ingest.registry);
+        // Every scrape leaves now: the queue each page shows is the queue as of now.
+        let sent = Instant::now();
+        for (endpoint, answer) in ask_all(&ingest, "/metrics").await {
+            match answer {
+                Ok(page) => {
+                    let gauges = parse_vllm_metrics(&page);
+                    set_load(&ingest, &in_flight, &endpoint, &gauges, sent);
+                    if let Some(start) = gauges.process_start_time {
+                        ingest.observe_start_time(&endpoint, start);
+                    }
+                }
+                Err(why) if ingest.config.health_checked() => ingest.engine_failed(&endpoint, why),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn set_load(
+    ingest: &Ingest,
+    in_flight: &InFlight,
+    endpoint: &str,
+    gauges: &EngineGauges,
+    sent: Instant,
+) {
+    for pod in ingest
+        .registry
+        .all()
+        .into_iter()
+        .filter(|p| &*p.endpoint == endpoint)
+    {
+        ingest.registry.set_load(&pod, |l| {
+            l.waiting = gauges.waiting;
+            l.running = gauges.running;
+            l.kv_usage = gauges.kv_usage;
+        });
+        in_flight.observe_queue(&pod, gauges.waiting, sent);
     }
 }

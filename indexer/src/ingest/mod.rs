@@ -12,7 +12,14 @@
 //! `config` (flags), `engines` (specs, topics, allow-list), `sequence` (restart and gap
 //! state machine), `transport` (the ZeroMQ sockets), `receive` (the one receive path of
 //! both wirings), `replay` (asking an engine for missed messages), `discovery` (DNS) and
-//! `health` (silent engines).
+//! `health` (what the engines' HTTP side says: up, down, load, restarted).
+//!
+//! An engine that restarted lost its cache: whichever sign comes first (its sequence
+//! going backwards, the indexer reconnecting to it, its `process_start_time_seconds`
+//! changing) empties its index entry before it is routed to again. When engines offer
+//! replay, every (re)connection, and the start, re-learns what the engine still buffers:
+//! the replay runs in its own task while the engine's live messages wait in a bounded
+//! queue, so history and live stream apply in order and nothing else waits.
 
 mod config;
 mod discovery;
@@ -25,6 +32,7 @@ pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvroute_blockhash::{ExtraKeysStyle, HashConfig};
 use kvroute_kvevents::{decode_message, KvEvent, KvMessage};
@@ -36,18 +44,25 @@ pub use engines::{EngineSpec, SpecError};
 
 use crate::event_keys::EngineKeyer;
 use crate::index::{IndexOp, Medium, PodIndex};
+use crate::load::InFlight;
 use crate::metrics::Metrics;
 use crate::pods::PodRegistry;
-use crate::types::{KeyMode, PodId};
+use crate::types::{Health, KeyMode, PodId};
 use engines::{AllowList, TopicPattern};
-use sequence::{Sequences, Step};
+use sequence::{Arrival, Sequences, Step};
+use transport::Frames;
+
+/// Live messages of one engine held while its history is replayed (count and bytes); past
+/// this its live messages apply at once and the replay fills in what they did not say.
+const MAX_QUEUED: usize = 10_000;
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why ingestion cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("cannot build the health-check HTTP client: {0}")]
+    #[error("cannot build the engines' HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
 }
 
@@ -73,7 +88,22 @@ pub enum Outcome {
         from: u64,
         to: u64,
     },
+    /// Held until the engine's history has been replayed.
+    Queued,
     Dropped(DropReason),
+}
+
+/// How a message reached [`Ingest::handle_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Through {
+    /// Off the live stream.
+    Live,
+    /// Off the live stream, after its gap was replayed (or could not be).
+    LiveForced,
+    /// From the engine's replay buffer.
+    Replayed,
+    /// Held while the engine was re-learned, now applied.
+    Dequeued,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +117,28 @@ pub enum DropReason {
 struct State {
     keyers: HashMap<PodId, EngineKeyer>,
     sequences: Sequences,
+    /// Engines being re-learned from their replay buffer, with their live messages held.
+    relearning: HashMap<Arc<str>, Held>,
+}
+
+/// Live messages of one engine held while its history is replayed.
+#[derive(Default)]
+struct Held {
+    frames: Vec<Frames>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Hold `frames`, unless the queue is full.
+    fn push(&mut self, frames: Frames) -> bool {
+        let size: usize = frames.iter().map(Vec::len).sum();
+        if self.frames.len() >= MAX_QUEUED || self.bytes + size > MAX_QUEUED_BYTES {
+            return false;
+        }
+        self.bytes += size;
+        self.frames.push(frames);
+        true
+    }
 }
 
 /// Decoded events into the index.
@@ -102,7 +154,8 @@ pub struct Ingest {
     engines: Vec<EngineSpec>,
     /// `--engine-dns` as parsed: the name and the engines' ZeroMQ port.
     dns: Option<(String, u16)>,
-    health_client: reqwest::Client,
+    /// For `/health` and `/metrics` of the engines.
+    http: reqwest::Client,
     /// Engines allowed to publish (static list + discovery).
     allowed: Mutex<AllowList>,
     state: Mutex<State>,
@@ -130,7 +183,7 @@ impl Ingest {
             .transpose()?;
         let ingest = Self {
             topics: TopicPattern::new(&config.topic_pattern)?,
-            health_client: health::client()?,
+            http: health::client(Duration::from_millis(config.health_timeout_ms.max(1)))?,
             config,
             index,
             registry,
@@ -185,6 +238,15 @@ impl Ingest {
     /// Decode one message and apply it. `force` applies past a sequence gap (replay failed
     /// or not configured: the engine is then re-learned from scratch).
     pub fn handle(&self, source: Source<'_>, frames: &[&[u8]], force: bool) -> Outcome {
+        let through = if force {
+            Through::LiveForced
+        } else {
+            Through::Live
+        };
+        self.handle_as(source, frames, through)
+    }
+
+    fn handle_as(&self, source: Source<'_>, frames: &[&[u8]], through: Through) -> Outcome {
         let msg = match decode_message(frames) {
             Ok(m) => m,
             Err(e) => {
@@ -214,9 +276,23 @@ impl Ingest {
         };
         self.registry.add(pod.clone());
         let mut st = self.state.lock();
-        let can_replay = self.config.replay_port.is_some() && !force;
-        match st.sequences.step(&pod, msg.seq, can_replay) {
+        if matches!(through, Through::Live | Through::LiveForced) {
+            if let Some(queue) = st.relearning.get_mut(&pod.endpoint) {
+                if queue.push(frames.iter().map(|f| f.to_vec()).collect()) {
+                    return Outcome::Queued;
+                }
+            }
+        }
+        let arrival = match through {
+            Through::Live => Arrival::Live {
+                can_replay: self.config.replay_port.is_some(),
+            },
+            Through::LiveForced | Through::Dequeued => Arrival::Live { can_replay: false },
+            Through::Replayed => Arrival::Replayed,
+        };
+        match st.sequences.step(&pod, msg.seq, arrival) {
             Step::Apply => {}
+            Step::Duplicate => return Outcome::Applied { events: 0 },
             Step::Restarted { last } => {
                 // A publisher's sequence only restarts when its engine restarted: whatever
                 // it held is gone.
@@ -327,10 +403,203 @@ impl Ingest {
         msg.batch.events.len()
     }
 
-    /// Run every ingestion task until `shutdown` fires.
+    /// Forget what `endpoint` (every rank) held: it restarted, or may have.
+    fn clear_endpoint(&self, endpoint: &str) {
+        let mut st = self.state.lock();
+        for pod in self
+            .registry
+            .all()
+            .into_iter()
+            .filter(|p| &*p.endpoint == endpoint)
+        {
+            self.index.apply(&pod, IndexOp::ClearPod);
+            st.keyers.remove(&pod);
+            st.sequences.forget(&pod);
+            self.registry.set_stale(&pod, false);
+        }
+    }
+
+    /// `endpoint` restarted (or the indexer cannot tell it did not): empty its index entry
+    /// and re-learn what it still buffers.
+    fn engine_restarted(self: &Arc<Self>, endpoint: &Arc<str>, why: &str) {
+        tracing::info!(%endpoint, "engine restarted ({why}): its index entry is emptied");
+        self.metrics.engine_restarts.inc();
+        self.clear_endpoint(endpoint);
+    }
+
+    /// A health check of `endpoint` failed: out of routing until it answers again.
+    fn engine_failed(&self, endpoint: &str, why: String) {
+        if self
+            .registry
+            .set_health(endpoint, Health::Down, Some(why.clone()))
+            != Health::Down
+        {
+            tracing::warn!(%endpoint, "engine out of routing: {why}");
+            self.metrics.engines_down.inc();
+        }
+    }
+
+    /// A health check of `endpoint` passed; `start_time` is its `process_start_time_seconds`
+    /// when known. A restart empties the engine's entry before it is routed to again.
+    fn engine_answered(self: &Arc<Self>, endpoint: &Arc<str>, start_time: Option<f64>) {
+        if let Some(start) = start_time {
+            self.observe_start_time(endpoint, start);
+        }
+        let before = self.registry.set_health(endpoint, Health::Up, None);
+        if before == Health::Down {
+            tracing::info!(%endpoint, "engine answers again: back in routing");
+            // Bound engines reconnect to us on their own: ask what they buffered meanwhile.
+            // Dialed ones are re-learned when their stream is dialed again.
+            if self.config.zmq_bind.is_some() {
+                self.relearn(endpoint.clone());
+            }
+        }
+    }
+
+    /// A scrape told `endpoint`'s process start time.
+    fn observe_start_time(self: &Arc<Self>, endpoint: &Arc<str>, start: f64) {
+        if let Some(before) = self.registry.set_process_start_time(endpoint, start) {
+            self.engine_restarted(
+                endpoint,
+                &format!("process_start_time_seconds {before} -> {start}"),
+            );
+            if self.config.zmq_bind.is_some() {
+                self.relearn(endpoint.clone());
+            }
+        }
+    }
+
+    /// Re-learn `endpoint` from its replay socket (when engines offer one): everything it
+    /// still buffers, in its own task, its live messages held meanwhile.
+    fn relearn(self: &Arc<Self>, endpoint: Arc<str>) {
+        if self.start_replay(endpoint, 0, None) {
+            self.metrics.relearns.inc();
+        }
+    }
+
+    /// A live message (`frames`) showed that `endpoint` missed messages from `from` on: ask
+    /// its replay socket for them in their own task, this message held until they applied.
+    pub fn replay_gap(self: &Arc<Self>, endpoint: Arc<str>, from: u64, frames: &[&[u8]]) {
+        self.metrics.replays.inc();
+        let held: Frames = frames.iter().map(|f| f.to_vec()).collect();
+        if !self.start_replay(endpoint.clone(), from, Some(held)) {
+            // No replay socket: apply past the gap (the engine is re-learned from scratch).
+            self.handle(Source::Dialed(&endpoint), frames, true);
+        }
+    }
+
+    /// Replay `endpoint`'s buffer from `from` on in its own task, `held` (and the live
+    /// messages that follow) applied after it. False when engines offer no replay or one
+    /// is already running for `endpoint`.
+    fn start_replay(self: &Arc<Self>, endpoint: Arc<str>, from: u64, held: Option<Frames>) -> bool {
+        let Some(port) = self.config.replay_port else {
+            return false;
+        };
+        {
+            let mut st = self.state.lock();
+            if st.relearning.contains_key(&endpoint) {
+                return false;
+            }
+            let mut queue = Held::default();
+            if let Some(frames) = held {
+                queue.push(frames);
+            }
+            st.relearning.insert(endpoint.clone(), queue);
+        }
+        let host = endpoint
+            .rsplit_once(':')
+            .map_or(&*endpoint, |(h, _)| h)
+            .to_owned();
+        let ingest = self.clone();
+        tokio::spawn(async move {
+            let history = replay::fetch_with_retries(&host, port, from, None, |e| {
+                if let Some(e) = e.downcast_ref::<transport::TransportError>() {
+                    receive::count_oversized(&ingest, e);
+                }
+            })
+            .await;
+            ingest.finish_relearn(&endpoint, history);
+        });
+        true
+    }
+
+    /// Apply messages replayed by `endpoint`, skipping those already applied; returns how
+    /// many applied something.
+    fn apply_replayed(&self, endpoint: &str, messages: &[Frames]) -> usize {
+        let mut applied = 0;
+        for frames in messages {
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            if matches!(
+                self.handle_as(Source::Dialed(endpoint), &refs, Through::Replayed),
+                Outcome::Applied { events } if events > 0
+            ) {
+                applied += 1;
+            }
+        }
+        applied
+    }
+
+    /// Apply `endpoint`'s history (what precedes its first held live message), then its
+    /// held live messages, then let the live stream through again.
+    fn finish_relearn(&self, endpoint: &Arc<str>, history: Vec<Frames>) {
+        let first_live = self
+            .state
+            .lock()
+            .relearning
+            .get(endpoint)
+            .and_then(|q| q.frames.first())
+            .and_then(replay::seq_of);
+        let older = |f: &&Frames| match (replay::seq_of(f), first_live) {
+            (Some(seq), Some(live)) => seq < live,
+            (seq, None) => seq.is_some(),
+            _ => false,
+        };
+        let history: Vec<Frames> = history.into_iter().filter(|f| older(&f)).collect();
+        let replayed = self.apply_replayed(endpoint, &history);
+        tracing::info!(%endpoint, replayed, "re-learned from the replay buffer");
+        loop {
+            let held = {
+                let mut st = self.state.lock();
+                let held = st
+                    .relearning
+                    .get_mut(endpoint)
+                    .map(|q| std::mem::take(q).frames)
+                    .unwrap_or_default();
+                if held.is_empty() {
+                    st.relearning.remove(endpoint);
+                }
+                held
+            };
+            if held.is_empty() {
+                return;
+            }
+            for frames in held {
+                let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+                self.handle_as(Source::Dialed(endpoint), &refs, Through::Dequeued);
+            }
+        }
+    }
+
+    /// Scrape every engine's metrics until `shutdown` fires (load, restarts, and a failed
+    /// scrape as a failed health check); expired in-flight decisions are released as it goes.
+    pub async fn scrape(
+        self: Arc<Self>,
+        in_flight: Arc<InFlight>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let interval = Duration::from_millis(self.config.scrape_interval_ms.max(50));
+        health::scrape_loop(self, in_flight, interval, shutdown).await;
+    }
+
+    /// Run every ingestion task until `shutdown` fires: the event streams, discovery and
+    /// health checks.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(addr) = self.config.zmq_bind.clone() {
+            // Engines that publish to us may hold what they published before we started.
+            for spec in &self.engines {
+                self.relearn(spec.endpoint.clone());
+            }
             tasks.spawn(receive::bind_loop(self.clone(), addr, shutdown.clone()));
         } else {
             for spec in self.engines.clone() {
@@ -345,11 +614,13 @@ impl Ingest {
                 shutdown.clone(),
             ));
         }
-        tasks.spawn(health::health_loop(
-            self.clone(),
-            self.health_client.clone(),
-            shutdown.clone(),
-        ));
+        if self.config.health_checked() {
+            tasks.spawn(health::health_loop(
+                self.clone(),
+                Duration::from_millis(self.config.health_interval_ms),
+                shutdown.clone(),
+            ));
+        }
         while tasks.join_next().await.is_some() {}
     }
 }

@@ -1,5 +1,5 @@
-//! The one receive path: frames off a subscriber into [`Ingest::handle`], a gap replayed
-//! first when the engine offers replay. The bound socket and each dialed engine differ
+//! The one receive path: frames off a subscriber into [`Ingest::handle`], a gap handed to
+//! a replay of its own when the engine offers replay. The bound socket and each dialed engine differ
 //! only in how the socket is opened and what a broken stream means.
 
 use std::sync::Arc;
@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::engines::EngineSpec;
-use super::replay::replay;
 use super::transport::{Subscriber, TransportError};
 use super::{Ingest, Outcome, Source};
 
@@ -23,7 +22,7 @@ enum Ended {
 
 /// Feed every message from `socket` until shutdown or a receive error.
 async fn pump(
-    ingest: &Ingest,
+    ingest: &Arc<Ingest>,
     socket: &mut Subscriber,
     dialed: Option<&str>,
     shutdown: &mut watch::Receiver<bool>,
@@ -41,7 +40,7 @@ async fn pump(
             Some(endpoint) => Source::Dialed(endpoint),
             None => Source::Bound,
         };
-        feed(ingest, source, &refs).await;
+        feed(ingest, source, &refs);
     }
 }
 
@@ -52,25 +51,11 @@ pub(super) fn count_oversized(ingest: &Ingest, error: &TransportError) {
     }
 }
 
-/// Apply one message, replaying a gap first when the engine offers it.
-async fn feed(ingest: &Ingest, source: Source<'_>, frames: &[&[u8]]) {
-    if let Outcome::NeedsReplay {
-        endpoint,
-        host,
-        from,
-        to,
-    } = ingest.handle(source, frames, false)
-    {
-        ingest.metrics.replays.inc();
-        if let Some(port) = ingest.config.replay_port {
-            if let Err(e) = replay(ingest, &endpoint, &host, port, from, to).await {
-                if let Some(e) = e.downcast_ref::<TransportError>() {
-                    count_oversized(ingest, e);
-                }
-                tracing::warn!(%host, "replay failed: {e}");
-            }
-        }
-        ingest.handle(source, frames, true);
+/// Apply one message. A gap is replayed in its own task when the engine offers replay:
+/// this message and that engine's next ones wait for its history, no other engine waits.
+fn feed(ingest: &Arc<Ingest>, source: Source<'_>, frames: &[&[u8]]) {
+    if let Outcome::NeedsReplay { endpoint, from, .. } = ingest.handle(source, frames, false) {
+        ingest.replay_gap(endpoint.into(), from, frames);
     }
 }
 
@@ -92,13 +77,17 @@ pub async fn bind_loop(ingest: Arc<Ingest>, addr: String, mut shutdown: watch::R
 }
 
 /// The indexer dials one engine's PUB, and dials again whenever the stream breaks, for as
-/// long as the engine is allowed.
+/// long as the engine is allowed. A broken stream takes the engine out of routing until it
+/// answers its health check again; a stream dialed again may come from a restarted engine,
+/// so the engine's index entry is emptied; every stream dialed starts by re-learning what
+/// the engine still buffers.
 pub async fn connect_loop(
     ingest: Arc<Ingest>,
     spec: EngineSpec,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let addr = format!("tcp://{}:{}", spec.host, spec.zmq_port);
+    let mut dialed_before = false;
     loop {
         let mut socket = tokio::select! {
             _ = shutdown.changed() => return,
@@ -115,11 +104,19 @@ pub async fn connect_loop(
             },
         };
         tracing::info!(%addr, "subscribed to engine");
+        if dialed_before {
+            ingest.engine_restarted(&spec.endpoint, "its event stream was dialed again");
+        }
+        dialed_before = true;
+        ingest.relearn(spec.endpoint.clone());
         match pump(&ingest, &mut socket, Some(&spec.endpoint), &mut shutdown).await {
             Ended::Shutdown => return,
             Ended::Broken(e) => {
                 count_oversized(&ingest, &e);
                 tracing::warn!(%addr, "engine stream broken, reconnecting: {e}");
+                if ingest.config.health_checked() {
+                    ingest.engine_failed(&spec.endpoint, format!("KV-event stream broken: {e}"));
+                }
             }
         }
         if !ingest.is_allowed_endpoint(&spec.endpoint) {
