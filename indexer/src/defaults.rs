@@ -38,6 +38,9 @@ pub const ZMQ_PORT: u16 = 5557;
 pub const ENGINE_PORT: u16 = 8000;
 /// The topic layout of the seed's `--kv-events-config`.
 pub const TOPIC_PATTERN: &str = "kv@{host}@{model}";
+/// Data-parallel ranks accepted per engine (vLLM numbers them 0..DP; 32 is past any DP
+/// size served today); a message for a higher rank is dropped and counted.
+pub const MAX_DP_RANKS: u32 = 32;
 /// How often every engine's `/health` is checked: with the timeout below, a dead engine
 /// is out of routing within ~1.5 s (refused: within 0.5 s).
 pub const HEALTH_INTERVAL_MS: u64 = 500;

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub unknown_events: Counter,
     pub invalid_events: Counter,
     pub unknown_publishers: Counter,
+    pub spoofed_messages: Counter,
+    pub rank_limit_messages: Counter,
+    pub unconfirmed_claims: Counter,
     pub oversized_messages: Counter,
     pub seq_gaps: Counter,
     pub seq_restarts: Counter,
@@ -48,6 +51,9 @@ impl Metrics {
         let unknown_events = Counter::default();
         let invalid_events = Counter::default();
         let unknown_publishers = Counter::default();
+        let spoofed_messages = Counter::default();
+        let rank_limit_messages = Counter::default();
+        let unconfirmed_claims = Counter::default();
         let oversized_messages = Counter::default();
         let seq_gaps = Counter::default();
         let seq_restarts = Counter::default();
@@ -83,6 +89,21 @@ impl Metrics {
             "kv_unknown_publishers",
             "KV-event messages from publishers that are not known engines, dropped",
             unknown_publishers.clone(),
+        );
+        registry.register(
+            "kv_spoofed_messages",
+            "KV-event messages on the bound socket naming a known engine from another address, dropped",
+            spoofed_messages.clone(),
+        );
+        registry.register(
+            "kv_rank_limit_messages",
+            "KV-event messages for a data-parallel rank at or past --max-dp-ranks, dropped",
+            rank_limit_messages.clone(),
+        );
+        registry.register(
+            "kv_unconfirmed_claims",
+            "Messages claiming a new rank, another model or a restart that the pod's next message did not confirm, discarded",
+            unconfirmed_claims.clone(),
         );
         registry.register(
             "kv_oversized_messages",
@@ -152,6 +173,9 @@ impl Metrics {
             unknown_events,
             invalid_events,
             unknown_publishers,
+            spoofed_messages,
+            rank_limit_messages,
+            unconfirmed_claims,
             oversized_messages,
             seq_gaps,
             seq_restarts,

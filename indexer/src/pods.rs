@@ -126,6 +126,11 @@ impl PodRegistry {
         }
     }
 
+    /// Whether `pod` is known (listed, discovered, or a rank that published).
+    pub fn knows(&self, pod: &PodId) -> bool {
+        self.read().contains_key(pod)
+    }
+
     /// Forget an engine; returns whether it was known.
     pub fn remove(&self, pod: &PodId) -> bool {
         self.write().remove(pod).is_some()

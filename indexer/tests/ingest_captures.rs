@@ -146,11 +146,14 @@ fn reset_clears_and_restart_clears() {
     let s = setup("42");
     feed_until(&s, "sha256_cbor_seed42", "evict_0");
     assert!(s.index.entries() > 0);
-    // The same stream again from seq 0: the engine restarted.
-    let (frames, _) = &captured("sha256_cbor_seed42")[0];
-    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    s.ingest
-        .handle(Source::Dialed("127.0.0.1:8000"), &refs, false);
+    // The same stream again from seq 0: the engine restarted. One message claiming it is
+    // held; the next (seq 1) confirms it.
+    let stream = captured("sha256_cbor_seed42");
+    for (frames, _) in &stream[..2] {
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        s.ingest
+            .handle(Source::Dialed("127.0.0.1:8000"), &refs, false);
+    }
     assert_eq!(matched(&s, &keys_for("plain_a", "42")), 0);
     assert!(s
         .metrics
@@ -178,12 +181,13 @@ fn a_gap_without_replay_relearns_and_unknown_publishers_are_dropped() {
     frames[0] = b"kv@10.66.6.6@Qwen3-32B".to_vec();
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
     assert_eq!(
-        s.ingest.handle(Source::Bound, &refs, false),
+        s.ingest.handle(Source::Bound { peer: None }, &refs, false),
         Outcome::Dropped(DropReason::UnknownPublisher)
     );
     let garbage: [&[u8]; 3] = [b"kv@127.0.0.1@m", &[0u8; 8], b"\xc1\xc1"];
     assert_eq!(
-        s.ingest.handle(Source::Bound, &garbage, false),
+        s.ingest
+            .handle(Source::Bound { peer: None }, &garbage, false),
         Outcome::Dropped(DropReason::Malformed)
     );
     // The model comes from the topic.

@@ -194,8 +194,13 @@ async fn bind_mode_vllm_0_11_arrays_native_keys_and_unknown_publishers_dropped()
     })
     .await;
     // Message 4 is data-parallel rank 1: its own pod, not rank 0's.
+    // A new rank needs two messages' word: the rank's next message (the same blocks
+    // again) confirms it.
     send(&mut engine, &messages[3]).await;
     send(&mut engine, &messages[4]).await;
+    let mut rank1_next = messages[4].clone();
+    rank1_next[1] = 5u64.to_be_bytes().to_vec();
+    send(&mut engine, &rank1_next).await;
     let rank1 = PodId {
         endpoint: "127.0.0.1:8000".into(),
         dp_rank: 1,
@@ -443,8 +448,10 @@ async fn a_gap_without_replay_marks_stale_and_relearns() {
     assert!(status
         .iter()
         .any(|s| s.endpoint == "127.0.0.1:8000" && s.stale));
-    // A restart (sequence back to 0) clears the pod again and re-learns.
+    // A restart (sequence back to 0), confirmed by the next message, clears the pod
+    // again and re-learns.
     send(&mut engine, &messages[0]).await;
+    send(&mut engine, &messages[1]).await;
     wait_for("the restart", || {
         gpu_run(&d, &other) == 0 && gpu_run(&d, &first) == first.len()
     })
@@ -649,5 +656,57 @@ async fn an_oversized_replay_answer_is_refused_and_counted() {
     assert_eq!(d.metrics.relearns.get(), 1);
     // Three attempts each: the re-learning asked at the first dial, and the gap's replay.
     assert_eq!(d.metrics.oversized_messages.get(), 6);
+    let _ = d.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_naming_an_engine_from_another_address_is_dropped_and_counted() {
+    let (messages, index) = run("vllm-0.32.0_int_hashes");
+    let port = free_port();
+    // The engine is 127.0.0.2.
+    let d = daemon(
+        config(
+            Some(format!("tcp://127.0.0.1:{port}")),
+            vec!["127.0.0.2".into()],
+        ),
+        "42",
+    );
+    let keys = event_values(&stored(&index, 0, 0)["block_hashes"]);
+    let topic = |frames: &[Vec<u8>]| {
+        let mut f = frames.to_vec();
+        f[0] = b"kv@127.0.0.2@Qwen3-32B".to_vec();
+        f
+    };
+    let engine_pod = PodId {
+        endpoint: "127.0.0.2:8000".into(),
+        dp_rank: 0,
+    };
+    let held_by_engine = |d: &Daemon| {
+        d.index
+            .match_prefix(&keys)
+            .iter()
+            .any(|m| m.pod == engine_pod)
+    };
+    // A spoofer on 127.0.0.1 names the engine: never indexed, counted.
+    let mut spoofer = connected_pub(port, "127.0.0.1").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.metrics.spoofed_messages.get() == 0 {
+        assert!(Instant::now() < deadline, "spoofed messages never arrived");
+        send(&mut spoofer, &topic(&messages[0])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!held_by_engine(&d));
+    assert_eq!(d.registry.snapshot(&Default::default())[0].last_seq, None);
+    // The engine itself, from its own address, is believed.
+    let mut engine = connected_pub(port, "127.0.0.2").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !held_by_engine(&d) {
+        assert!(
+            Instant::now() < deadline,
+            "the engine's message never arrived"
+        );
+        send(&mut engine, &topic(&messages[0])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = d.stop.send(true);
 }

@@ -48,7 +48,10 @@ impl KvPublisher {
         engine_ip: &str,
         indexer_zmq: &str,
     ) -> anyhow::Result<Self> {
-        let mut socket = zeromq::PubSocket::new();
+        // From the engine's own address: the indexer believes a topic only from there.
+        let mut options = zeromq::SocketOptions::default();
+        options.local_address(engine_ip.parse()?);
+        let mut socket = zeromq::PubSocket::with_options(options);
         socket.connect(indexer_zmq).await?;
         let topic = format!("kv@{engine_ip}@{}", model.name);
         Ok(Self {

@@ -44,6 +44,10 @@ pub struct IngestConfig {
     /// How long a health check (or a metrics scrape) may take before it counts as failed.
     #[arg(long, default_value_t = defaults::HEALTH_TIMEOUT_MS)]
     pub health_timeout_ms: u64,
+    /// Data-parallel ranks accepted per engine: events for a rank at or past this are
+    /// dropped and counted (each rank is a pod the index and every route answer carry).
+    #[arg(long, default_value_t = defaults::MAX_DP_RANKS)]
+    pub max_dp_ranks: u32,
 }
 
 impl Default for IngestConfig {
@@ -60,6 +64,7 @@ impl Default for IngestConfig {
             health_interval_ms: defaults::HEALTH_INTERVAL_MS,
             scrape_interval_ms: defaults::SCRAPE_INTERVAL_MS,
             health_timeout_ms: defaults::HEALTH_TIMEOUT_MS,
+            max_dp_ranks: defaults::MAX_DP_RANKS,
         }
     }
 }

@@ -159,16 +159,24 @@ impl AllowList {
         self.0.iter().any(|s| &*s.endpoint == endpoint)
     }
 
-    /// The endpoint of the known engine a topic names: by host, and by port when the topic
-    /// carries one and several engines share the host.
-    pub fn endpoint_for_topic(&self, host: &str, port: Option<u16>) -> Option<Arc<str>> {
+    /// The known engine a topic names: by host, and by port when the topic carries one and
+    /// several engines share the host.
+    pub fn spec_for_topic(&self, host: &str, port: Option<u16>) -> Option<&EngineSpec> {
         let on_host: Vec<&EngineSpec> = self.0.iter().filter(|s| s.host == host).collect();
         let by_port = port.and_then(|p| {
             on_host.iter().find(|s| {
                 s.zmq_port == p || s.endpoint.rsplit(':').next() == Some(p.to_string().as_str())
             })
         });
-        by_port.or(on_host.first()).map(|s| s.endpoint.clone())
+        by_port.or(on_host.first()).copied()
+    }
+
+    /// Every allowed engine's host, once.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.0.iter().map(|s| s.host.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
     }
 }
 

@@ -21,16 +21,19 @@
 //! the replay runs in its own task while the engine's live messages wait in a bounded
 //! queue, so history and live stream apply in order and nothing else waits.
 
+mod claims;
 mod config;
 mod discovery;
 pub mod engines;
 mod health;
+mod peers;
 mod receive;
 mod replay;
 pub mod sequence;
 pub mod transport;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +51,9 @@ use crate::load::InFlight;
 use crate::metrics::Metrics;
 use crate::pods::PodRegistry;
 use crate::types::{Health, KeyMode, PodId};
+use claims::{Claims, Verdict};
 use engines::{AllowList, TopicPattern};
+use peers::PeerAddresses;
 use sequence::{Arrival, Sequences, Step};
 use transport::Frames;
 
@@ -71,8 +76,9 @@ pub enum IngestError {
 pub enum Source<'a> {
     /// From the engine the indexer dialed (its endpoint).
     Dialed(&'a str),
-    /// From the bound socket: the topic says who.
-    Bound,
+    /// From the bound socket: the topic says who, and the connection's remote address
+    /// (`peer`) must be that engine's.
+    Bound { peer: Option<IpAddr> },
 }
 
 /// What became of one message.
@@ -90,6 +96,9 @@ pub enum Outcome {
     },
     /// Held until the engine's history has been replayed.
     Queued,
+    /// A claim (new rank, other model, sequence restart) waiting for the pod's next
+    /// message to confirm it.
+    Held,
     Dropped(DropReason),
 }
 
@@ -110,6 +119,10 @@ enum Through {
 pub enum DropReason {
     Malformed,
     UnknownPublisher,
+    /// A known engine named by a message from another address (bound socket).
+    AddressMismatch,
+    /// A data-parallel rank at or past `--max-dp-ranks`.
+    RankLimit,
 }
 
 /// Per-engine ingestion state, changed together under one lock.
@@ -119,6 +132,10 @@ struct State {
     sequences: Sequences,
     /// Engines being re-learned from their replay buffer, with their live messages held.
     relearning: HashMap<Arc<str>, Held>,
+    /// The model each pod last confirmed.
+    models: HashMap<PodId, String>,
+    /// Live messages claiming a change, held until the pod's next message confirms it.
+    claims: Claims<(KvMessage, Option<String>)>,
 }
 
 /// Live messages of one engine held while its history is replayed.
@@ -158,6 +175,8 @@ pub struct Ingest {
     http: reqwest::Client,
     /// Engines allowed to publish (static list + discovery).
     allowed: Mutex<AllowList>,
+    /// The addresses engines may publish from on the bound socket.
+    peers: PeerAddresses,
     state: Mutex<State>,
 }
 
@@ -193,6 +212,7 @@ impl Ingest {
             engines,
             dns,
             allowed: Mutex::new(AllowList::default()),
+            peers: PeerAddresses::default(),
             state: Mutex::new(State::default()),
         };
         for spec in ingest.engines.clone() {
@@ -228,6 +248,8 @@ impl Ingest {
             self.registry.remove(&pod);
             st.keyers.remove(&pod);
             st.sequences.forget(&pod);
+            st.models.remove(&pod);
+            st.claims.forget(&pod);
         }
     }
 
@@ -258,23 +280,37 @@ impl Ingest {
         let topic = self.topics.parse(&msg.topic);
         let endpoint: Arc<str> = match source {
             Source::Dialed(e) => e.into(),
-            Source::Bound => match topic
-                .as_ref()
-                .and_then(|t| self.allowed.lock().endpoint_for_topic(&t.host, t.port))
-            {
-                Some(e) => e,
-                None => {
-                    self.metrics.unknown_publishers.inc();
-                    return Outcome::Dropped(DropReason::UnknownPublisher);
+            Source::Bound { peer } => {
+                let named = topic.as_ref().and_then(|t| {
+                    self.allowed
+                        .lock()
+                        .spec_for_topic(&t.host, t.port)
+                        .map(|s| (s.host.clone(), s.endpoint.clone()))
+                });
+                match named {
+                    Some((host, endpoint)) if self.peers.admits(&host, peer) => endpoint,
+                    Some((_, endpoint)) => {
+                        self.metrics.spoofed_messages.inc();
+                        tracing::debug!(%endpoint, ?peer, "topic names an engine at another address: dropped");
+                        return Outcome::Dropped(DropReason::AddressMismatch);
+                    }
+                    None => {
+                        self.metrics.unknown_publishers.inc();
+                        return Outcome::Dropped(DropReason::UnknownPublisher);
+                    }
                 }
-            },
+            }
         };
+        let rank = msg.batch.data_parallel_rank.unwrap_or(0);
+        if rank >= self.config.max_dp_ranks {
+            self.metrics.rank_limit_messages.inc();
+            return Outcome::Dropped(DropReason::RankLimit);
+        }
         let model = topic.and_then(|t| t.model);
         let pod = PodId {
             endpoint,
-            dp_rank: msg.batch.data_parallel_rank.unwrap_or(0),
+            dp_rank: rank,
         };
-        self.registry.add(pod.clone());
         let mut st = self.state.lock();
         if matches!(through, Through::Live | Through::LiveForced) {
             if let Some(queue) = st.relearning.get_mut(&pod.endpoint) {
@@ -283,6 +319,50 @@ impl Ingest {
                 }
             }
         }
+        if through == Through::Replayed {
+            // The engine's replay socket, dialed at its own address, speaks for it.
+            return self.apply_message(&mut st, &pod, model, &msg, through);
+        }
+        // A new rank, another model or a sequence going back changes what is known of the
+        // engine: one message's word is not enough, the pod's next one must continue it.
+        let last = st.sequences.last(&pod);
+        let claims = (last.is_none() && rank != 0 && !self.registry.knows(&pod))
+            || last.is_some_and(|l| msg.seq <= l)
+            || matches!((&model, st.models.get(&pod)), (Some(m), Some(k)) if m != k);
+        let seq = msg.seq;
+        let named = model.clone();
+        let checked = st
+            .claims
+            .check(&pod, seq, named.as_deref(), claims, (msg, model));
+        if checked.discarded {
+            self.metrics.unconfirmed_claims.inc();
+            tracing::info!(%pod, seq, "a claim (rank, model or restart) the next message did not confirm: discarded");
+        }
+        match checked.verdict {
+            Verdict::Hold => Outcome::Held,
+            Verdict::Apply((msg, model)) => self.apply_message(&mut st, &pod, model, &msg, through),
+            Verdict::Confirmed {
+                held: (held, held_model),
+                current: (msg, model),
+            } => {
+                // The held message is the engine's word now, gap or not.
+                self.apply_message(&mut st, &pod, held_model, &held, Through::LiveForced);
+                self.apply_message(&mut st, &pod, model, &msg, through)
+            }
+        }
+    }
+
+    /// The sequence step and the events of one message whose sender and claims are
+    /// settled.
+    fn apply_message(
+        &self,
+        st: &mut State,
+        pod: &PodId,
+        model: Option<String>,
+        msg: &KvMessage,
+        through: Through,
+    ) -> Outcome {
+        self.registry.add(pod.clone());
         let arrival = match through {
             Through::Live => Arrival::Live {
                 can_replay: self.config.replay_port.is_some(),
@@ -290,7 +370,7 @@ impl Ingest {
             Through::LiveForced | Through::Dequeued => Arrival::Live { can_replay: false },
             Through::Replayed => Arrival::Replayed,
         };
-        match st.sequences.step(&pod, msg.seq, arrival) {
+        match st.sequences.step(pod, msg.seq, arrival) {
             Step::Apply => {}
             Step::Duplicate => return Outcome::Applied { events: 0 },
             Step::Restarted { last } => {
@@ -298,7 +378,7 @@ impl Ingest {
                 // it held is gone.
                 self.metrics.seq_restarts.inc();
                 tracing::info!(%pod, last, seq = msg.seq, "sequence restart: engine restarted, clearing");
-                self.clear(&mut st, &pod);
+                self.clear(st, pod);
             }
             Step::Replay { from, to } => {
                 let host = pod
@@ -316,18 +396,21 @@ impl Ingest {
             Step::Unrepaired { last } => {
                 self.metrics.seq_gaps.inc();
                 tracing::warn!(%pod, last, seq = msg.seq, "sequence gap without replay: re-learning");
-                self.clear(&mut st, &pod);
-                self.registry.set_stale(&pod, true);
+                self.clear(st, pod);
+                self.registry.set_stale(pod, true);
             }
         }
-        st.sequences.record(&pod, msg.seq);
-        let applied = self.apply(&mut st, &pod, &msg);
+        st.sequences.record(pod, msg.seq);
+        if let Some(m) = &model {
+            st.models.insert(pod.clone(), m.clone());
+        }
+        let applied = self.apply(st, pod, msg);
         let block_size = msg.batch.events.iter().find_map(|e| match e {
             KvEvent::BlockStored(s) => Some(s.block_size as usize),
             _ => None,
         });
         self.registry
-            .record_event(&pod, model.as_deref(), msg.seq, block_size);
+            .record_event(pod, model.as_deref(), msg.seq, block_size);
         Outcome::Applied { events: applied }
     }
 
@@ -415,6 +498,8 @@ impl Ingest {
             self.index.apply(&pod, IndexOp::ClearPod);
             st.keyers.remove(&pod);
             st.sequences.forget(&pod);
+            st.models.remove(&pod);
+            st.claims.forget(&pod);
             self.registry.set_stale(&pod, false);
         }
     }
@@ -580,6 +665,20 @@ impl Ingest {
         }
     }
 
+    /// Resolve the allowed engines' host names for the bound socket's address check, at
+    /// start and every `--dns-interval-secs` (IP literals need none), until shutdown.
+    async fn peers_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = Duration::from_secs(self.config.dns_interval_secs.max(1));
+        loop {
+            let hosts = self.allowed.lock().hosts();
+            self.peers.refresh(hosts.iter().map(String::as_str)).await;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// Scrape every engine's metrics until `shutdown` fires (load, restarts, and a failed
     /// scrape as a failed health check); expired in-flight decisions are released as it goes.
     pub async fn scrape(
@@ -601,6 +700,7 @@ impl Ingest {
                 self.relearn(spec.endpoint.clone());
             }
             tasks.spawn(receive::bind_loop(self.clone(), addr, shutdown.clone()));
+            tasks.spawn(self.clone().peers_loop(shutdown.clone()));
         } else {
             for spec in self.engines.clone() {
                 tasks.spawn(receive::connect_loop(self.clone(), spec, shutdown.clone()));

@@ -35,10 +35,11 @@ async fn pump(
                 Err(e) => return Ended::Broken(e),
             },
         };
+        let (peer, frames) = frames;
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         let source = match dialed {
             Some(endpoint) => Source::Dialed(endpoint),
-            None => Source::Bound,
+            None => Source::Bound { peer },
         };
         feed(ingest, source, &refs);
     }

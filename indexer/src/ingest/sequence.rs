@@ -58,6 +58,11 @@ impl Sequences {
     }
 
     /// `seq` was applied for `pod`.
+    /// `pod`'s last applied sequence number, if any.
+    pub fn last(&self, pod: &PodId) -> Option<u64> {
+        self.0.get(pod).copied()
+    }
+
     pub fn record(&mut self, pod: &PodId, seq: u64) {
         self.0.insert(pod.clone(), seq);
     }

@@ -3,6 +3,7 @@
 //! ROUTER. Every message leaves here as owned frames, so transport limits (frame sizes, the
 //! peer's address) are decided in this one file.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -75,16 +76,23 @@ impl Subscriber {
         })
     }
 
-    /// The next message; an error for a peer dropped (oversized or broken), on a bound
-    /// socket also for a connection refused during its handshake.
-    pub async fn recv(&mut self) -> Result<Frames, TransportError> {
+    /// The next message and the address of the peer it came from (when the transport has
+    /// one); an error for a peer dropped (oversized or broken), on a bound socket also for
+    /// a connection refused during its handshake.
+    pub async fn recv(&mut self) -> Result<(Option<IpAddr>, Frames), TransportError> {
+        fn received(
+            r: zeromq::ZmqResult<(Option<std::net::SocketAddr>, ZmqMessage)>,
+        ) -> Result<(Option<IpAddr>, Frames), TransportError> {
+            let (peer, msg) = r?;
+            Ok((peer.map(|a| a.ip().to_canonical()), frames_of(&msg)))
+        }
         loop {
             let event = match &mut self.events {
                 Some(events) => tokio::select! {
-                    msg = self.socket.recv() => return Ok(frames_of(&msg?)),
+                    r = self.socket.recv_with_peer_addr() => return received(r),
                     event = events.next() => event,
                 },
-                None => return Ok(frames_of(&self.socket.recv().await?)),
+                None => return received(self.socket.recv_with_peer_addr().await),
             };
             match event {
                 Some(SocketEvent::AcceptFailed(e)) => return Err(e.into()),
