@@ -60,8 +60,9 @@ pub struct IndexerPorts {
 /// The indexer's side of the KV-event wiring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexerKv {
-    /// Bind a SUB socket on `zmq_ip`:`zmq` (`--zmq-bind`); engines connect.
-    Bind,
+    /// Bind a SUB socket on `zmq_ip`:`zmq` (`--zmq-bind`); engines connect, and offer
+    /// replay on this port when they do.
+    Bind { replay_port: Option<u16> },
     /// Connect to each engine's PUB socket: `--engine` specs `HOST:ZMQ_PORT[=HTTP_PORT]`,
     /// and the engines' replay port when they offer one.
     Connect {
@@ -93,13 +94,16 @@ pub fn kvroute_serve_defaults(extra: &[&str]) -> IndexerArgs {
             args.extend(["--engine-port".to_string(), port.to_string()]);
         }
         match &p.kv {
-            IndexerKv::Bind => {
+            IndexerKv::Bind { replay_port } => {
                 args.extend([
                     "--zmq-bind".to_string(),
                     format!("tcp://{}", SocketAddr::new(p.zmq_ip, p.zmq)),
                 ]);
                 for b in &p.backends {
                     args.extend(["--engine".to_string(), b.ip().to_string()]);
+                }
+                if let Some(port) = replay_port {
+                    args.extend(["--replay-port".to_string(), port.to_string()]);
                 }
             }
             IndexerKv::Connect {
@@ -403,7 +407,10 @@ impl StackBuilder {
                     .collect(),
                 replay_port: None,
             },
-            _ => IndexerKv::Bind,
+            (Some(sim), _) => IndexerKv::Bind {
+                replay_port: sim.replay.then_some(sim_replay_port),
+            },
+            _ => IndexerKv::Bind { replay_port: None },
         };
         let mut zmq_port = 0;
         let zmq_ip = self

@@ -25,10 +25,14 @@ use serde_json::{json, Value};
 const FOLLOWS_WITHIN: Duration = Duration::from_millis(1500);
 
 fn stack(engines: usize, serve_args: &[&str]) -> Stack {
+    wired_stack(KvWiring::IndexerConnects, engines, serve_args)
+}
+
+fn wired_stack(wiring: KvWiring, engines: usize, serve_args: &[&str]) -> Stack {
     Stack::builder()
         .qwen3()
         .sim_engines(SimEngineOptions {
-            wiring: KvWiring::IndexerConnects,
+            wiring,
             replay: true,
             ..SimEngineOptions::new(engines)
         })
@@ -354,7 +358,19 @@ fn an_engine_that_never_exists_gets_no_requests() {
 
 #[test]
 fn an_indexer_restarted_under_load_relearns_every_engine_within_seconds() {
-    let mut stack = stack(3, &[]);
+    indexer_restarted_under_load(KvWiring::IndexerConnects);
+}
+
+/// The same with the engines connecting to the indexer (the seed's wiring): they re-dial
+/// the restarted indexer on their own, and it asks every listed engine's replay socket at
+/// start.
+#[test]
+fn an_indexer_restarted_under_load_relearns_engines_that_connect_to_it() {
+    indexer_restarted_under_load(KvWiring::EnginesConnect);
+}
+
+fn indexer_restarted_under_load(wiring: KvWiring) {
+    let mut stack = wired_stack(wiring, 3, &[]);
     let tags: Vec<String> = (0..9).map(|i| format!("restart-{i}")).collect();
     let engines = first_turns(&stack, &tags);
     wait_learned(&stack, &tags, &engines, Duration::from_secs(10));
