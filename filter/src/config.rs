@@ -142,6 +142,9 @@ struct RawConfig {
     /// Absent: `allow_list::DEFAULT_ALLOWED`.
     #[serde(default)]
     allowed_endpoints: Option<Vec<String>>,
+    /// The indexer API's shared secret (`kvroute serve --api-token-file`).
+    #[serde(default)]
+    api_token: Option<String>,
 }
 
 fn default_indexer_cluster() -> String {
@@ -266,6 +269,9 @@ pub struct PluginConfig {
     pub preload_tokenizers: bool,
     /// The `ip:port`s the indexer may send requests to.
     pub allowed_endpoints: AllowList,
+    /// `Authorization` value of every call to the indexer (`Bearer <api_token>`), if the
+    /// configuration has a token; never sent to another cluster.
+    pub indexer_authorization: Option<String>,
 }
 
 /// The model a request is routed as, resolved from the request's `model` field.
@@ -358,6 +364,11 @@ impl PluginConfig {
             report_completion: raw.report_completion,
             preload_tokenizers: raw.preload_tokenizers,
             allowed_endpoints,
+            indexer_authorization: raw
+                .api_token
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .map(|t| format!("Bearer {t}")),
         })
     }
 
@@ -404,10 +415,15 @@ impl PluginConfig {
 
     fn fetch_target(&self, name: &str, model: &ModelConfig) -> FetchTarget {
         let src = model.tokenizer.as_ref();
+        let cluster = src
+            .and_then(|s| s.cluster.clone())
+            .unwrap_or_else(|| self.indexer_cluster.clone());
         FetchTarget {
-            cluster: src
-                .and_then(|s| s.cluster.clone())
-                .unwrap_or_else(|| self.indexer_cluster.clone()),
+            // The secret is the indexer's: a tokenizer served elsewhere does not get it.
+            authorization: (cluster == self.indexer_cluster)
+                .then(|| self.indexer_authorization.clone())
+                .flatten(),
+            cluster,
             authority: src
                 .and_then(|s| s.authority.clone())
                 .unwrap_or_else(|| self.indexer_authority.clone()),
@@ -424,6 +440,7 @@ impl PluginConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchTarget {
     pub cluster: String,
+    pub authorization: Option<String>,
     pub authority: String,
     pub path_prefix: String,
 }
@@ -475,6 +492,23 @@ mod tests {
             PluginConfig::parse(br#"{"models":{"a":{"lora_of":"missing"}}}"#),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn the_api_token_goes_to_the_indexer_cluster_only() {
+        let c = PluginConfig::parse(
+            br#"{"api_token": " s3cret\n", "models": {
+            "a": {},
+            "b": {"tokenizer": {"cluster": "hub", "authority": "hub", "path_prefix": "/t"}}
+        }}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.indexer_authorization.as_deref(), Some("Bearer s3cret"));
+        let targets: BTreeMap<&str, FetchTarget> = c.models_to_load().into_iter().collect();
+        assert_eq!(targets["a"].authorization.as_deref(), Some("Bearer s3cret"));
+        assert_eq!(targets["b"].authorization, None, "another cluster");
+        let open = PluginConfig::parse(b"{}").expect("valid");
+        assert_eq!(open.indexer_authorization, None);
     }
 
     #[test]

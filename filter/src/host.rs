@@ -59,30 +59,44 @@ pub fn set_effective_context(context_id: u32) -> bool {
     abi::set_effective_context(context_id)
 }
 
-/// A POST with a JSON body to `cluster`; the token of the call. (Dispatch must go through
-/// the SDK so that its dispatcher routes the answer back to this context.)
+/// A POST with a JSON body to `cluster` (with `authorization`, the indexer's shared
+/// secret, when configured); the token of the call. (Dispatch must go through the SDK so
+/// that its dispatcher routes the answer back to this context.)
 pub fn post_json(
     cluster: &str,
     authority: &str,
     path: &str,
     body: &[u8],
+    authorization: Option<&str>,
     timeout: Duration,
 ) -> Result<u32, Status> {
-    let headers = vec![
+    let mut headers = vec![
         (":method", "POST"),
         (":path", path),
         (":authority", authority),
         ("content-type", "application/json"),
     ];
+    if let Some(value) = authorization {
+        headers.push(("authorization", value));
+    }
     hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
 }
 
-pub fn get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Result<u32, Status> {
-    let headers = vec![
+pub fn get(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<u32, Status> {
+    let mut headers = vec![
         (":method", "GET"),
         (":path", path),
         (":authority", authority),
     ];
+    if let Some(value) = authorization {
+        headers.push(("authorization", value));
+    }
     hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
 }
 

@@ -61,7 +61,13 @@ impl KvRouteRoot {
             let mut fetch = ModelFetch::default();
             for file in TokenizerFile::ALL {
                 let path = format!("{}/{}", target.path_prefix, file.file_name());
-                match host::get(&target.cluster, &target.authority, &path, timeout) {
+                match host::get(
+                    &target.cluster,
+                    &target.authority,
+                    &path,
+                    target.authorization.as_deref(),
+                    timeout,
+                ) {
                     Ok(token) => {
                         self.calls.insert(token, (model.clone(), file));
                     }

@@ -90,6 +90,7 @@ impl KvRouteStream {
                 &config.indexer_authority,
                 &prompt_route_uri(&config.prompt_route_path, kind.path()),
                 body,
+                config.indexer_authorization.as_deref(),
                 timeout,
             )
             .map_err(|_| FailOpenReason::DispatchFailed);
@@ -118,6 +119,7 @@ impl KvRouteStream {
             &config.indexer_authority,
             &config.route_path,
             &json,
+            config.indexer_authorization.as_deref(),
             timeout,
         )
         .map_err(|_| FailOpenReason::DispatchFailed)
@@ -157,6 +159,7 @@ impl KvRouteStream {
             &config.indexer_authority,
             &config.complete_path,
             &body,
+            config.indexer_authorization.as_deref(),
             config
                 .call_timeout
                 .max(std::time::Duration::from_millis(1000)),

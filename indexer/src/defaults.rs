@@ -50,3 +50,43 @@ pub const HEALTH_TIMEOUT_MS: u64 = 1000;
 
 // --- scoring: its weights and defaults live in `kvroute-scoring` (shared with the fleet
 // model), re-exported as `ScoringWeights`.
+
+// --- the HTTP API (`HttpLimits`): what one client may cost --------------------------
+
+/// Connections open at once; past it new ones wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections open at once from one address; past it its new ones are closed at once, so
+/// one client cannot take every connection slot from the others.
+pub const MAX_CONNECTIONS_PER_IP: usize = 1024;
+/// How long a client may take to send a request head, and may stay idle between two
+/// requests on a kept-alive connection (hyper starts the same timer for both).
+pub const HEADER_TIMEOUT_MS: u64 = 5_000;
+/// Longest one request may take from its head to its answer (body read included).
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Requests handled at once; past it the API answers 503 at once rather than queue.
+pub const MAX_IN_FLIGHT_REQUESTS: usize = 1024;
+/// `/v1/route/prompt` bodies tokenized at once on the blocking pool; past it 503. Each
+/// costs a core and, for a multi-megabyte prompt, ~200 MB while it runs.
+pub const MAX_TOKENIZING: usize = 2;
+/// Largest `/v1/route` body: 16,384 hashes written as JSON take ~350 KiB.
+pub const ROUTE_BODY_BYTES: usize = 2 << 20;
+/// Largest `/v1/route/prompt` body (an OpenAI or Anthropic request).
+pub const PROMPT_BODY_BYTES: usize = 8 << 20;
+/// `/v1/route` bodies larger than this (~3,000 hashes) are parsed and decided on the
+/// blocking pool rather than on the async workers.
+pub const INLINE_ROUTE_BODY_BYTES: usize = 64 << 10;
+/// Largest body of `/v1/route/complete` (and of any route that reads none).
+pub const SMALL_BODY_BYTES: usize = 4 << 10;
+/// Most block hashes one decision reads: a longer prefix (over a million tokens at 64-token
+/// blocks) is routed on its first blocks.
+pub const MAX_ROUTE_BLOCKS: usize = 16_384;
+/// Decisions counted in flight at once; past it the oldest is released early, so callers
+/// that never report completion cannot grow the ledger or pin load.
+pub const MAX_TICKETS: usize = 65_536;
+/// Keys the in-flight ledger holds over all its decisions (~32 bytes each); past it the
+/// oldest decisions are released early.
+pub const MAX_TICKET_KEYS: usize = 4_000_000;
+/// Largest request head (start line and headers).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// How long open connections get to finish at shutdown.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;

@@ -9,8 +9,12 @@
 //! digest) map is kept and a block whose parent is unknown is an orphan, counted and
 //! dropped. The mode is found by checking the first event that can be checked: a chain
 //! from the root, or from a parent whose digest we know.
+//!
+//! That map is bounded: it keeps at most the share of `--max-entries` the caller passes
+//! (the index keeps no more of the engine's blocks than that either), forgetting its oldest
+//! first; a block whose parent was forgotten is then an orphan like any other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use kvroute_blockhash::{BlockDigest, BlockHasher, ExtraKeysStyle, HashConfig, RequestExtras};
 use kvroute_kvevents::{BlockStored, EngineHash};
@@ -22,6 +26,8 @@ use crate::types::KeyMode;
 pub struct StoredKeys {
     pub keys: Vec<u64>,
     pub orphans: u64,
+    /// Entries of the re-key map forgotten to stay within its bound.
+    pub evicted: u64,
     /// Set when this event decided (or changed) the engine's mode.
     pub mode_decided: Option<KeyMode>,
 }
@@ -35,6 +41,9 @@ pub struct EngineKeyer {
     mode: KeyMode,
     /// Engine value -> (our key, our digest); kept while probing and in rekey mode.
     digests: HashMap<u64, (u64, BlockDigest)>,
+    /// Insertion order of `digests`, oldest first; may name entries already removed
+    /// (dropped lazily).
+    order: VecDeque<u64>,
 }
 
 impl EngineKeyer {
@@ -45,6 +54,7 @@ impl EngineKeyer {
             hashers: HashMap::new(),
             mode: KeyMode::Probing,
             digests: HashMap::new(),
+            order: VecDeque::new(),
         }
     }
 
@@ -55,6 +65,7 @@ impl EngineKeyer {
     /// Everything the engine had is gone (cleared, restarted): re-learn from scratch.
     pub fn reset(&mut self) {
         self.digests.clear();
+        self.order.clear();
         if self.mode == KeyMode::Rekey {
             // Keep re-keying: the engine's scheme did not change with a restart.
             return;
@@ -72,8 +83,40 @@ impl EngineKeyer {
         })
     }
 
-    /// Keys of a stored event's blocks.
-    pub fn on_stored(&mut self, ev: &BlockStored) -> StoredKeys {
+    /// Entries of the re-key map (engine hash -> our key and digest).
+    pub fn digests_held(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Remembers `engine` -> `ours`, forgetting the oldest entries past `max`; returns how
+    /// many were forgotten.
+    fn remember(&mut self, engine: u64, ours: BlockDigest, max: usize) -> u64 {
+        if self
+            .digests
+            .insert(engine, (ours.event_value(), ours))
+            .is_none()
+        {
+            self.order.push_back(engine);
+        }
+        let mut evicted = 0;
+        while self.digests.len() > max.max(1) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.digests.remove(&oldest).is_some() {
+                evicted += 1;
+            }
+        }
+        // Removed entries leave the order lazily; compact once they outnumber the rest.
+        if self.order.len() > 2 * self.digests.len() + 64 {
+            let live = &self.digests;
+            self.order.retain(|e| live.contains_key(e));
+        }
+        evicted
+    }
+
+    /// Keys of a stored event's blocks; the re-key map keeps at most `max_digests`.
+    pub fn on_stored(&mut self, ev: &BlockStored, max_digests: usize) -> StoredKeys {
         let engine: Vec<u64> = ev.block_hashes.iter().map(EngineHash::as_u64).collect();
         if self.mode == KeyMode::Native {
             return StoredKeys {
@@ -113,11 +156,12 @@ impl EngineKeyer {
         match self.mode {
             KeyMode::Native => {
                 self.digests.clear();
+                self.order.clear();
                 out.keys = engine;
             }
             _ => {
                 for (e, d) in engine.iter().zip(&ours) {
-                    self.digests.insert(*e, (d.event_value(), *d));
+                    out.evicted += self.remember(*e, *d, max_digests);
                 }
                 out.keys = ours.iter().map(BlockDigest::event_value).collect();
             }
@@ -181,5 +225,58 @@ impl EngineKeyer {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvroute_blockhash::HashScheme;
+
+    fn stored(hash: u64, parent: Option<u64>, block: u32) -> BlockStored {
+        BlockStored {
+            block_hashes: vec![EngineHash::Int(hash)],
+            parent_block_hash: parent.map(EngineHash::Int),
+            token_ids: vec![block; 16],
+            block_size: 16,
+            lora_id: None,
+            medium: None,
+            lora_name: None,
+            extra_keys: None,
+            group_idx: None,
+            kv_cache_spec_kind: None,
+            session_id: None,
+        }
+    }
+
+    /// An engine seeded differently (every value re-keyed) storing a 2,000-block chain:
+    /// the map holds its share and no more, the forgotten entries counted, and the newest
+    /// blocks still chain.
+    #[test]
+    fn the_rekey_map_keeps_its_share() {
+        let config = HashConfig {
+            scheme: HashScheme::Sha256Cbor,
+            block_size: 16,
+            seed: None,
+        };
+        let mut keyer = EngineKeyer::new(config, ExtraKeysStyle::Tagged);
+        let share = 100;
+        let mut evicted = 0;
+        let mut parent = None;
+        for i in 0..2_000u64 {
+            // Engine values unrelated to ours: the first event decides rekey mode.
+            let value = 0xdead_0000 + i;
+            let out = keyer.on_stored(&stored(value, parent, i as u32), share);
+            assert_eq!(out.keys.len(), 1, "block {i} chains from its parent");
+            evicted += out.evicted;
+            assert!(keyer.digests_held() <= share);
+            parent = Some(value);
+        }
+        assert_eq!(keyer.mode(), KeyMode::Rekey);
+        assert_eq!(keyer.digests_held(), share);
+        assert_eq!(evicted, 2_000 - share as u64);
+        // A block whose parent was forgotten is an orphan.
+        let out = keyer.on_stored(&stored(1, Some(0xdead_0000), 7), share);
+        assert_eq!((out.keys.len(), out.orphans), (0, 1));
     }
 }

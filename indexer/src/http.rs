@@ -1,7 +1,9 @@
 //! The indexer's HTTP API (axum). The routes the filter calls, and their bodies, are the
 //! contract in `kvroute-api` (one definition for both sides); every error is its
 //! `ErrorAnswer` with a status that says whose fault it is: 400 malformed, 404 unknown
-//! model or file, 503 no live pod.
+//! model, file or path, 503 no live pod. What a request may cost (body sizes per route,
+//! requests in flight, time, the optional shared secret: 401, 405, 408, 413, 503 too busy)
+//! is [`crate::http_limits`]'s; the transport's limits [`crate::http_server`]'s.
 //!
 //! - `POST /v1/route` `RouteRequest` -> `RouteAnswer`
 //! - `POST /v1/route/prompt?path=<request path>` raw OpenAI/Anthropic body -> the same,
@@ -13,19 +15,24 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router as Axum};
+use axum::{Extension, Json, Router as Axum};
 use kvroute_api::{
-    CompleteAnswer, CompleteRequest, ErrorAnswer, PromptQuery, RouteRequest, COMPLETE_PATH,
-    PROMPT_ROUTE_PATH, ROUTE_PATH, TOKENIZERS_PATH,
+    CompleteAnswer, CompleteRequest, PromptQuery, RouteRequest, COMPLETE_PATH, PROMPT_ROUTE_PATH,
+    ROUTE_PATH, TOKENIZERS_PATH,
 };
 use kvroute_blockhash::request::Endpoint;
 use kvroute_blockhash::{BlockHasher, HashConfig, Request, RequestExtras, RequestKeys};
 use serde_json::json;
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::defaults;
+use crate::http_limits::{error, harden, HttpLimits};
+use crate::http_server::Peer;
 use crate::models::Models;
 use crate::router::{RouteError, Router};
 
@@ -44,16 +51,33 @@ pub struct AppState {
     /// Scheme and seed for `/v1/route/prompt` (block size comes from the engines).
     pub hash: HashConfig,
     pub extra_keys: kvroute_blockhash::ExtraKeysStyle,
-    /// LoRA adapter name -> base model it runs on.
     /// Adapter name -> its base model and path.
     pub lora_bases: std::collections::HashMap<String, LoraAdapter>,
+    /// What a request may cost.
+    pub limits: HttpLimits,
+    /// The API's shared secret, if one is configured.
+    pub api_token: Option<crate::http_limits::ApiToken>,
+    /// Tokenizations running at once on the blocking pool; past it `/v1/route/prompt`
+    /// answers 503 rather than queue CPU work behind the routes.
+    pub tokenizing: Arc<Semaphore>,
 }
 
 pub fn app(state: Arc<AppState>) -> Axum {
-    Axum::new()
-        .route(ROUTE_PATH, post(route))
-        .route(PROMPT_ROUTE_PATH, post(route_prompt))
-        .route(COMPLETE_PATH, post(complete))
+    let limits = state.limits.clone();
+    let token = state.api_token.clone();
+    let api = Axum::new()
+        .route(
+            ROUTE_PATH,
+            post(route).layer(body_limit(limits.route_body_bytes)),
+        )
+        .route(
+            PROMPT_ROUTE_PATH,
+            post(route_prompt).layer(body_limit(limits.prompt_body_bytes)),
+        )
+        .route(
+            COMPLETE_PATH,
+            post(complete).layer(body_limit(defaults::SMALL_BODY_BYTES)),
+        )
         .route(
             &format!("{TOKENIZERS_PATH}/{{model}}/{{file}}"),
             get(tokenizer_file),
@@ -62,14 +86,27 @@ pub fn app(state: Arc<AppState>) -> Axum {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(state)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .with_state(state);
+    harden(api, &limits, token)
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    let body = ErrorAnswer {
-        error: message.to_string(),
-    };
-    (status, Json(body)).into_response()
+/// A route's body limit: tower-http's layer refuses a declared length over it before
+/// reading a byte, and cuts a chunked body where it passes it (413 either way); axum's own
+/// default limit is lifted so that this one is the only one.
+fn body_limit(bytes: usize) -> tower::layer::util::Stack<DefaultBodyLimit, RequestBodyLimitLayer> {
+    tower::layer::util::Stack::new(
+        DefaultBodyLimit::disable(),
+        RequestBodyLimitLayer::new(bytes),
+    )
+}
+
+/// The caller's address, when the transport knows it (tickets are tied to it).
+fn caller(peer: Option<Extension<Peer>>) -> Option<std::net::IpAddr> {
+    peer.map(|Extension(Peer(addr))| addr.ip())
 }
 
 fn route_error(e: RouteError) -> Response {
@@ -80,8 +117,25 @@ fn route_error(e: RouteError) -> Response {
     error(status, e)
 }
 
-async fn route(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let req: RouteRequest<'static> = match serde_json::from_slice(&body) {
+async fn route(
+    State(st): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    let caller = caller(peer);
+    // Parsing tens of thousands of hashes is CPU work: large bodies are decided on the
+    // blocking pool, so the async workers keep answering small routes meanwhile.
+    if body.len() > defaults::INLINE_ROUTE_BODY_BYTES {
+        let state = st.clone();
+        return tokio::task::spawn_blocking(move || decide_route(&state, caller, &body))
+            .await
+            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+    }
+    decide_route(&st, caller, &body)
+}
+
+fn decide_route(st: &AppState, caller: Option<std::net::IpAddr>, body: &[u8]) -> Response {
+    let req: RouteRequest<'static> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -95,7 +149,8 @@ async fn route(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         .get(req.model.as_ref())
         .map(|a| a.base.clone())
         .unwrap_or_else(|| req.model.into_owned());
-    match st.router.route(&model, &req.block_hashes) {
+    let keys = &req.block_hashes[..req.block_hashes.len().min(st.limits.max_route_blocks)];
+    match st.router.route_as(caller, &model, keys) {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => route_error(e),
     }
@@ -103,16 +158,50 @@ async fn route(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
 
 async fn route_prompt(
     State(st): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
     Query(q): Query<PromptQuery>,
     body: Bytes,
 ) -> Response {
-    let endpoint = q.path.as_deref().and_then(Endpoint::from_path);
-    let request = match Request::parse(&body, endpoint) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    // Parsing, templating and tokenizing a large body takes milliseconds of CPU: on the
+    // blocking pool, a bounded number at a time, so the async routes never wait behind it.
+    let Ok(slot) = st.tokenizing.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many prompts tokenizing",
+        );
     };
+    let state = st.clone();
+    let computed = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        prompt_keys(&state, q.path.as_deref(), &body)
+    })
+    .await;
+    let (model, keys) = match computed {
+        Ok(Ok(k)) => k,
+        Ok(Err((status, message))) => return error(status, message),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let hashes = &keys.block_hashes[..keys.block_hashes.len().min(st.limits.max_route_blocks)];
+    match st.router.route_as(caller(peer), &model, hashes) {
+        Ok(mut answer) => {
+            answer.prompt_tokens = Some(keys.prompt_tokens);
+            Json(answer).into_response()
+        }
+        Err(e) => route_error(e),
+    }
+}
+
+/// The base model and block keys of a raw request body, or the error's status and text.
+fn prompt_keys(
+    st: &AppState,
+    path: Option<&str>,
+    body: &[u8],
+) -> Result<(String, RequestKeys), (StatusCode, String)> {
+    let bad = |e: kvroute_blockhash::Error| (StatusCode::BAD_REQUEST, e.to_string());
+    let endpoint = path.and_then(Endpoint::from_path);
+    let request = Request::parse(body, endpoint).map_err(bad)?;
     let Some(requested) = request.model.clone() else {
-        return error(StatusCode::BAD_REQUEST, "the body names no model");
+        return Err((StatusCode::BAD_REQUEST, "the body names no model".into()));
     };
     let (model, lora_name, lora_path) = match st.lora_bases.get(&requested) {
         Some(adapter) => (
@@ -123,7 +212,10 @@ async fn route_prompt(
         None => (requested.clone(), None, None),
     };
     let Some(m) = st.models.get(&model) else {
-        return route_error(RouteError::UnknownModel(model));
+        return Err((
+            StatusCode::NOT_FOUND,
+            RouteError::UnknownModel(model).to_string(),
+        ));
     };
     let block_size = st
         .router
@@ -139,29 +231,20 @@ async fn route_prompt(
         lora_name,
         lora_path,
     };
-    let keys = match RequestKeys::compute_with_style(
-        &m.encoder,
-        &hasher,
-        &request,
-        &extras,
-        st.extra_keys,
-    ) {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    match st.router.route(&model, &keys.block_hashes) {
-        Ok(mut answer) => {
-            answer.prompt_tokens = Some(keys.prompt_tokens);
-            Json(answer).into_response()
-        }
-        Err(e) => route_error(e),
-    }
+    let keys =
+        RequestKeys::compute_with_style(&m.encoder, &hasher, &request, &extras, st.extra_keys)
+            .map_err(bad)?;
+    Ok((model, keys))
 }
 
-async fn complete(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn complete(
+    State(st): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
     match serde_json::from_slice::<CompleteRequest>(&body) {
         Ok(c) => Json(CompleteAnswer {
-            released: st.router.complete(c.ticket),
+            released: st.router.complete(c.ticket, caller(peer)),
         })
         .into_response(),
         Err(e) => error(
@@ -194,7 +277,8 @@ async fn tokenizer_file(
             if let Ok(v) = kind.parse() {
                 headers.insert(header::CONTENT_TYPE, v);
             }
-            (headers, Bytes::from(bytes.to_vec())).into_response()
+            // Shared, not copied: slow readers of a large tokenizer.json cost no memory.
+            (headers, Bytes::from_owner(bytes.clone())).into_response()
         }
         None => error(
             StatusCode::NOT_FOUND,

@@ -101,6 +101,11 @@ pub trait PodIndex: Send + Sync {
     fn holds(&self, pod: &PodId, key: u64) -> bool {
         self.match_prefix(&[key]).iter().any(|m| &m.pod == pod)
     }
+    /// The (block, engine) entries the index keeps at most (`--max-entries`): per-engine
+    /// maps beside the index (the re-key map) keep no more than an engine's share of it.
+    fn max_entries(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// A key's holders: [`INLINE`] holder words packed at the front (0 = none), or
@@ -797,6 +802,10 @@ impl Inner {
 }
 
 impl PodIndex for BlockIndex {
+    fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
     fn apply(&self, pod: &PodId, op: IndexOp) {
         let mut inner = write(&self.inner);
         match op {

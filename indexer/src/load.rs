@@ -8,7 +8,14 @@
 //! stores its last block or the scraped FIFO queue shows it admitted, and its keys count as
 //! held until the filter reports the request complete, or after a TTL in case that report
 //! is lost.
+//!
+//! The ledger numbers its decisions in order; callers never see those numbers. A caller
+//! gets a random 64-bit ticket tied to its address: another caller can neither guess it nor
+//! release it. Tickets are bounded in number and in the keys they hold: past either bound
+//! the oldest decision is released early (counted in `kvroute_tickets_evicted_total`).
 
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use kvroute_scoring::{Ledger, Pending};
@@ -25,15 +32,128 @@ pub struct InFlight {
     /// Origin of the ledger's seconds.
     epoch: Instant,
     ledger: Mutex<Ledger<PodId>>,
+    tickets: Mutex<Tickets>,
+    max_tickets: usize,
+    max_keys: usize,
+}
+
+/// What a caller's ticket stands for.
+#[derive(Debug)]
+struct Held {
+    /// The ledger's own number for the decision.
+    entry: u64,
+    owner: Option<IpAddr>,
+    keys: usize,
+}
+
+/// The tickets handed out, oldest first.
+#[derive(Debug, Default)]
+struct Tickets {
+    by_ticket: HashMap<u64, Held>,
+    /// Issue order; may still name tickets already completed (dropped lazily).
+    order: VecDeque<(u64, Instant)>,
+    keys: usize,
+}
+
+impl Tickets {
+    fn remove(&mut self, ticket: u64) -> Option<Held> {
+        let held = self.by_ticket.remove(&ticket)?;
+        self.keys -= held.keys;
+        // Completed tickets leave the order lazily; compact once they outnumber the rest.
+        if self.order.len() > 2 * self.by_ticket.len() + 64 {
+            let live = &self.by_ticket;
+            self.order.retain(|(t, _)| live.contains_key(t));
+        }
+        Some(held)
+    }
+
+    /// The oldest ticket still held, taken out.
+    fn pop_oldest(&mut self) -> Option<Held> {
+        while let Some((t, _)) = self.order.pop_front() {
+            if let Some(held) = self.by_ticket.remove(&t) {
+                self.keys -= held.keys;
+                return Some(held);
+            }
+        }
+        None
+    }
 }
 
 impl InFlight {
     pub fn new(ttl: Duration) -> Self {
+        Self::bounded(
+            ttl,
+            crate::defaults::MAX_TICKETS,
+            crate::defaults::MAX_TICKET_KEYS,
+        )
+    }
+
+    /// At most `max_tickets` decisions and `max_keys` keys over them.
+    pub fn bounded(ttl: Duration, max_tickets: usize, max_keys: usize) -> Self {
         Self {
             ttl,
             epoch: Instant::now(),
             ledger: Mutex::new(Ledger::new()),
+            tickets: Mutex::new(Tickets::default()),
+            max_tickets: max_tickets.max(1),
+            max_keys: max_keys.max(1),
         }
+    }
+
+    /// A ticket for the ledger's decision `entry` (holding `keys` keys), owned by `owner`:
+    /// random and unused. Returns it and how many older decisions were released to stay in
+    /// bounds.
+    pub fn issue(
+        &self,
+        entry: u64,
+        keys: usize,
+        owner: Option<IpAddr>,
+        registry: &PodRegistry,
+    ) -> (u64, usize) {
+        let mut evicted = Vec::new();
+        let ticket = {
+            let mut t = self.tickets.lock();
+            while !t.by_ticket.is_empty()
+                && (t.by_ticket.len() >= self.max_tickets || t.keys + keys > self.max_keys)
+            {
+                match t.pop_oldest() {
+                    Some(held) => evicted.push(held.entry),
+                    None => break,
+                }
+            }
+            let ticket = loop {
+                let candidate: u64 = rand::random();
+                if candidate != 0 && !t.by_ticket.contains_key(&candidate) {
+                    break candidate;
+                }
+            };
+            t.by_ticket.insert(ticket, Held { entry, owner, keys });
+            t.order.push_back((ticket, Instant::now()));
+            t.keys += keys;
+            ticket
+        };
+        let n = evicted.len();
+        for entry in evicted {
+            self.end(entry, registry);
+        }
+        (ticket, n)
+    }
+
+    /// Ends the ledger's decision `entry` and its load.
+    fn end(&self, entry: u64, registry: &PodRegistry) -> bool {
+        let done = self.lock().complete(entry);
+        match done {
+            Some(pod) => {
+                registry.set_load(&pod, |l| l.in_flight = l.in_flight.saturating_sub(1));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tickets held.
+    pub fn tickets(&self) -> usize {
+        self.tickets.lock().by_ticket.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger<PodId>> {
@@ -56,33 +176,48 @@ impl InFlight {
         registry.set_load(pod, |l| l.in_flight += 1);
     }
 
-    /// A decision sent to `pod` that queues `uncached_tokens` of prefill; returns its ticket.
+    /// A decision sent to `pod` that queues `uncached_tokens` of prefill, for `owner`;
+    /// returns its ticket.
     pub fn start(
         &self,
         pod: &PodId,
         keys: &[u64],
         uncached_tokens: f64,
+        owner: Option<IpAddr>,
         registry: &PodRegistry,
     ) -> u64 {
-        let ticket = self.with_ledger(|l, now| l.start(pod, keys, uncached_tokens, now));
+        let entry = self.with_ledger(|l, now| l.start(pod, keys, uncached_tokens, now));
         self.started(pod, registry);
-        ticket
+        self.issue(entry, keys.len(), owner, registry).0
     }
 
-    /// The request behind `ticket` finished; false if unknown (already expired or done).
-    pub fn complete(&self, ticket: u64, registry: &PodRegistry) -> bool {
-        let done = self.lock().complete(ticket);
-        match done {
-            Some(pod) => {
-                registry.set_load(&pod, |l| l.in_flight = l.in_flight.saturating_sub(1));
-                true
+    /// `caller`'s request behind `ticket` finished; false if unknown (never issued,
+    /// expired, done) or another caller's.
+    pub fn complete(&self, ticket: u64, caller: Option<IpAddr>, registry: &PodRegistry) -> bool {
+        let held = {
+            let mut t = self.tickets.lock();
+            match t.by_ticket.get(&ticket) {
+                Some(held) if held.owner.is_none() || held.owner == caller => t.remove(ticket),
+                _ => None,
             }
-            None => false,
-        }
+        };
+        held.is_some_and(|h| self.end(h.entry, registry))
     }
 
     /// Release decisions older than the TTL; returns how many.
     pub fn expire(&self, registry: &PodRegistry) -> usize {
+        {
+            let mut t = self.tickets.lock();
+            while let Some(&(ticket, at)) = t.order.front() {
+                if at.elapsed() < self.ttl {
+                    break;
+                }
+                t.order.pop_front();
+                if let Some(held) = t.by_ticket.remove(&ticket) {
+                    t.keys -= held.keys;
+                }
+            }
+        }
         let now = self.seconds(Instant::now());
         let expired = self.lock().expire(now - self.ttl.as_secs_f64());
         for pod in &expired {
@@ -192,15 +327,64 @@ mod tests {
         };
         reg.add(pod.clone());
         let f = InFlight::new(Duration::from_millis(30));
-        let t = f.start(&pod, &[1, 2], 640.0, &reg);
-        f.start(&pod, &[1], 64.0, &reg);
+        let t = f.start(&pod, &[1, 2], 640.0, None, &reg);
+        f.start(&pod, &[1], 64.0, None, &reg);
         assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 2);
         assert_eq!(f.pending(&pod).tokens, 704.0);
         assert_eq!(f.match_prefix(&[1, 2])[0].gpu_blocks, 2);
-        assert!(f.complete(t, &reg));
-        assert!(!f.complete(t, &reg));
+        assert!(f.complete(t, None, &reg));
+        assert!(!f.complete(t, None, &reg));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(f.expire(&reg), 1);
         assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 0);
+    }
+
+    #[test]
+    fn tickets_are_random_owned_and_bounded() {
+        let reg = PodRegistry::new(Some("m".into()));
+        let pod = PodId {
+            endpoint: "10.0.0.1:8000".into(),
+            dp_rank: 0,
+        };
+        reg.add(pod.clone());
+        let f = InFlight::bounded(Duration::from_secs(300), 100, 1_000_000);
+        let me: Option<IpAddr> = "10.1.0.1".parse().ok();
+        let other: Option<IpAddr> = "10.1.0.2".parse().ok();
+        let tickets: Vec<u64> = (0..1000)
+            .map(|i| f.start(&pod, &[i], 64.0, me, &reg))
+            .collect();
+        // Bounded: the oldest were released to make room, and their load with them.
+        assert_eq!(f.tickets(), 100);
+        assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 100);
+        assert_eq!(f.pending(&pod).in_flight, 100);
+        // Not sequential: no ticket is its predecessor plus one.
+        assert!(tickets.windows(2).all(|w| w[1] != w[0].wrapping_add(1)));
+        let last = tickets[999];
+        assert!(!f.complete(last, other, &reg), "another caller's ticket");
+        assert!(
+            !f.complete(last.wrapping_add(1), me, &reg),
+            "a guessed ticket"
+        );
+        assert!(!f.complete(tickets[0], me, &reg), "released to make room");
+        assert!(f.complete(last, me, &reg));
+        assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 99);
+    }
+
+    #[test]
+    fn tickets_are_bounded_in_the_keys_they_hold() {
+        let reg = PodRegistry::new(Some("m".into()));
+        let pod = PodId {
+            endpoint: "10.0.0.1:8000".into(),
+            dp_rank: 0,
+        };
+        reg.add(pod.clone());
+        let f = InFlight::bounded(Duration::from_secs(300), 1000, 10_000);
+        let keys: Vec<u64> = (0..4000).collect();
+        for _ in 0..10 {
+            f.start(&pod, &keys, 64.0, None, &reg);
+        }
+        // Two decisions of 4,000 keys fit in 10,000; the third pushes out the oldest.
+        assert_eq!(f.tickets(), 2);
+        assert_eq!(f.pending(&pod).in_flight, 2);
     }
 }

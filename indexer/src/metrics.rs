@@ -35,6 +35,8 @@ pub struct Metrics {
     pub engine_restarts: Counter,
     pub engines_down: Counter,
     pub orphans: Counter,
+    pub rekey_evictions: Counter,
+    pub tickets_evicted: Counter,
     pub index_entries: Gauge,
     pub route_decisions: Family<ReasonLabel, Counter>,
     pub route_errors: Family<ReasonLabel, Counter>,
@@ -62,6 +64,8 @@ impl Metrics {
         let engine_restarts = Counter::default();
         let engines_down = Counter::default();
         let orphans = Counter::default();
+        let rekey_evictions = Counter::default();
+        let tickets_evicted = Counter::default();
         let index_entries = Gauge::default();
         let route_decisions = Family::<ReasonLabel, Counter>::default();
         let route_errors = Family::<ReasonLabel, Counter>::default();
@@ -138,6 +142,16 @@ impl Metrics {
             orphans.clone(),
         );
         registry.register(
+            "kv_rekey_evictions",
+            "Engine-hash -> key entries forgotten because the engine's re-key map was at its share of --max-entries",
+            rekey_evictions.clone(),
+        );
+        registry.register(
+            "tickets_evicted",
+            "In-flight decisions released early because the ticket bounds (--max-tickets, keys held) were reached",
+            tickets_evicted.clone(),
+        );
+        registry.register(
             "index_entries",
             "Keys in the block index",
             index_entries.clone(),
@@ -184,6 +198,8 @@ impl Metrics {
             engine_restarts,
             engines_down,
             orphans,
+            rekey_evictions,
+            tickets_evicted,
             index_entries,
             route_decisions,
             route_errors,

@@ -52,7 +52,18 @@ pub struct Router {
 }
 
 impl Router {
+    /// A decision for an in-process caller (its ticket completes from anywhere).
     pub fn route(&self, model: &str, keys: &[u64]) -> Result<RouteAnswer, RouteError> {
+        self.route_as(None, model, keys)
+    }
+
+    /// A decision for `caller`: only the same address may complete its ticket.
+    pub fn route_as(
+        &self,
+        caller: Option<std::net::IpAddr>,
+        model: &str,
+        keys: &[u64],
+    ) -> Result<RouteAnswer, RouteError> {
         let started = Instant::now();
         let pods = self.registry.pods_for_model(model);
         if pods.is_empty() {
@@ -75,7 +86,7 @@ impl Router {
             RouteMode::Estimate => self.memory.match_prefix(keys),
         };
         // One lock over read-decide-record, so concurrent decisions see each other's work.
-        let (decision, ticket) = self
+        let (decision, entry) = self
             .in_flight
             .with_ledger(|ledger, now| {
                 if self.mode == RouteMode::Precise {
@@ -95,6 +106,10 @@ impl Router {
             })
             .ok_or_else(|| RouteError::NoLivePod(model.to_owned()))?;
         self.in_flight.started(&decision.pod, &self.registry);
+        let (ticket, evicted) = self
+            .in_flight
+            .issue(entry, keys.len(), caller, &self.registry);
+        self.metrics.tickets_evicted.inc_by(evicted as u64);
         if self.mode == RouteMode::Estimate {
             self.memory.record(&decision.pod, keys);
         }
@@ -135,7 +150,8 @@ impl Router {
             .inc();
     }
 
-    pub fn complete(&self, ticket: u64) -> bool {
-        self.in_flight.complete(ticket, &self.registry)
+    /// `caller`'s request behind `ticket` finished.
+    pub fn complete(&self, ticket: u64, caller: Option<std::net::IpAddr>) -> bool {
+        self.in_flight.complete(ticket, caller, &self.registry)
     }
 }

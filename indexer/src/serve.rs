@@ -17,6 +17,8 @@ use tokio::sync::watch;
 
 use crate::defaults;
 use crate::http::{app, AppState, LoraAdapter};
+use crate::http_limits::HttpLimits;
+use crate::http_server;
 use crate::index::{BlockIndex, PodIndex};
 use crate::ingest::{Ingest, IngestConfig};
 use crate::load::InFlight;
@@ -66,6 +68,8 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::IN_FLIGHT_TTL_SECS)]
     pub in_flight_ttl_secs: u64,
     #[command(flatten)]
+    pub http: HttpLimits,
+    #[command(flatten)]
     pub ingest: IngestConfig,
     #[command(flatten)]
     pub weights: ScoringWeights,
@@ -87,6 +91,7 @@ impl Default for ServeConfig {
             max_entries: defaults::MAX_ENTRIES,
             estimate_ttl_secs: defaults::ESTIMATE_TTL_SECS,
             in_flight_ttl_secs: defaults::IN_FLIGHT_TTL_SECS,
+            http: HttpLimits::default(),
             ingest: IngestConfig::default(),
             weights: ScoringWeights::default(),
         }
@@ -165,9 +170,11 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
         index,
         registry,
         memory: RouteMemory::new(memory_ttl, config.max_entries.max(1024)),
-        in_flight: Arc::new(InFlight::new(Duration::from_secs(
-            config.in_flight_ttl_secs,
-        ))),
+        in_flight: Arc::new(InFlight::bounded(
+            Duration::from_secs(config.in_flight_ttl_secs),
+            config.http.max_tickets,
+            defaults::MAX_TICKET_KEYS,
+        )),
         weights: config.weights.clone(),
         mode: config.mode,
         metrics,
@@ -180,6 +187,11 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
         hash,
         extra_keys: config.extra_keys,
         lora_bases,
+        api_token: config.http.api_token()?,
+        tokenizing: Arc::new(tokio::sync::Semaphore::new(
+            config.http.max_tokenizing.max(1),
+        )),
+        limits: config.http.clone(),
     });
     Ok(Daemon { state, ingest })
 }
@@ -201,18 +213,20 @@ impl Daemon {
                 .scrape(self.state.router.in_flight.clone(), stopped.clone()),
         );
         let mut http_stopped = stopped.clone();
-        let server = axum::serve(listener, app(self.state)).with_graceful_shutdown(async move {
-            let _ = http_stopped.changed().await;
+        let limits = self.state.limits.clone();
+        let mut server = tokio::spawn(async move {
+            http_server::serve(listener, app(self.state), &limits, async move {
+                let _ = http_stopped.changed().await;
+            })
+            .await
         });
-        let mut server = tokio::spawn(async move { server.await });
         let result = tokio::select! {
             _ = shutdown => {
                 tracing::info!("shutting down");
                 Ok(())
             }
             served = &mut server => Err(match served {
-                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
-                Ok(Err(e)) => anyhow::Error::from(e).context("the HTTP server failed"),
+                Ok(()) => anyhow::anyhow!("the HTTP server stopped"),
                 Err(e) => anyhow::Error::from(e).context("the HTTP server panicked"),
             }),
         };

@@ -435,11 +435,17 @@ impl Ingest {
             match event {
                 KvEvent::BlockStored(stored) => {
                     self.metrics.event("block_stored");
+                    // The re-key map keeps no more than the engine's share of the index.
+                    let engines = st.keyers.len() + usize::from(!st.keyers.contains_key(pod));
+                    let share = (self.index.max_entries() / engines.max(1)).max(1);
                     let keyer = st
                         .keyers
                         .entry(pod.clone())
                         .or_insert_with(|| EngineKeyer::new(hash.clone(), style));
-                    let out = keyer.on_stored(stored);
+                    let out = keyer.on_stored(stored, share);
+                    if out.evicted > 0 {
+                        self.metrics.rekey_evictions.inc_by(out.evicted);
+                    }
                     if let Some(mode) = out.mode_decided {
                         tracing::info!(%pod, ?mode, "key mode decided");
                         self.registry.set_key_mode(pod, mode);
