@@ -18,6 +18,7 @@ pub struct FilterMetrics {
     tokenizer_loads: Option<u32>,
     tokenizer_fetch_failures: Option<u32>,
     completions_sent: Option<u32>,
+    indexer_retries: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -58,6 +59,7 @@ impl FilterMetrics {
                 "kvroute_tokenizer_fetch_failures",
             ),
             completions_sent: define(MetricType::Counter, "kvroute_completions_sent"),
+            indexer_retries: define(MetricType::Counter, "kvroute_indexer_retries"),
         }
     }
 
@@ -72,6 +74,11 @@ impl FilterMetrics {
 
     pub fn decision_time(&self, micros: u64) {
         record(self.decision_us, micros);
+    }
+
+    /// A route call asked again after the first indexer replica could not be reached.
+    pub fn indexer_retry(&self) {
+        bump(self.indexer_retries);
     }
 
     pub fn hash_time(&self, micros: u64) {

@@ -39,6 +39,13 @@ pub struct KvRouteStream {
     /// Bytes of request body buffered so far.
     buffered: usize,
     answer: Option<RouteAnswer>,
+    /// The route call in flight (path and body), kept for one retry when the indexer
+    /// replica Envoy picked refused the connection; `None` once retried.
+    retry: Option<(String, Vec<u8>)>,
+    /// The retry's second call, sent back to back with the first (see `retry_route`).
+    hedge: Option<u32>,
+    /// A retry call whose answer is no longer awaited: its decision is released on arrival.
+    late: Option<u32>,
 }
 
 impl KvRouteStream {
@@ -50,6 +57,9 @@ impl KvRouteStream {
             decision_started: None,
             buffered: 0,
             answer: None,
+            retry: None,
+            hedge: None,
+            late: None,
         }
     }
 
@@ -85,15 +95,18 @@ impl KvRouteStream {
         if model.tokenize_in == TokenizeIn::Indexer {
             // The indexer reads the model (and resolves LoRA adapters) from the body itself;
             // the API travels as the standard path of the configured kind.
-            return host::post_json(
+            let uri = prompt_route_uri(&config.prompt_route_path, kind.path());
+            let token = host::post_json(
                 &config.indexer_cluster,
                 &config.indexer_authority,
-                &prompt_route_uri(&config.prompt_route_path, kind.path()),
+                &uri,
                 body,
                 config.indexer_authorization.as_deref(),
                 timeout,
             )
-            .map_err(|_| FailOpenReason::DispatchFailed);
+            .map_err(|_| FailOpenReason::DispatchFailed)?;
+            self.retry = Some((uri, body.to_vec()));
+            return Ok(token);
         }
         let encoder = vm
             .encoder(model.base)
@@ -114,7 +127,7 @@ impl KvRouteStream {
             block_hashes: keys.block_hashes.as_slice().into(),
         };
         let json = serde_json::to_vec(&route).map_err(|_| FailOpenReason::HashError)?;
-        host::post_json(
+        let token = host::post_json(
             &config.indexer_cluster,
             &config.indexer_authority,
             &config.route_path,
@@ -122,7 +135,54 @@ impl KvRouteStream {
             config.indexer_authorization.as_deref(),
             timeout,
         )
-        .map_err(|_| FailOpenReason::DispatchFailed)
+        .map_err(|_| FailOpenReason::DispatchFailed)?;
+        self.retry = Some((config.route_path.clone(), json));
+        Ok(token)
+    }
+
+    /// The indexer replica Envoy picked could not be reached, well before the call timeout
+    /// (Envoy's own 503 or no answer at all: a refused or reset connection, as when a
+    /// replica has just died and neither the health check nor outlier detection has taken
+    /// it out yet; the indexer's own 503, no live pod, is not retried).
+    /// Ask again once, within what is left of the call timeout, with two calls sent back
+    /// to back: Envoy picks each call's replica as it is sent, so under round robin the two
+    /// go to two different replicas whatever other requests were picked in between the
+    /// first call and its failure (a single retry lands on the dead replica again about
+    /// half of the time under load, until Envoy has ejected it). The first answer routes;
+    /// the other one's decision is released when it arrives (`late`).
+    /// `Some((token, hedge))` when the retry is in flight.
+    fn retry_route(&mut self, vm: &VmState) -> Option<(u32, Option<u32>)> {
+        let (path, body) = self.retry.take()?;
+        let elapsed = host::micros_since(self.decision_started);
+        let left = (vm.config.call_timeout.as_micros() as u64).checked_sub(elapsed)?;
+        if left < MIN_RETRY_MICROS {
+            return None;
+        }
+        let call = || {
+            host::post_json(
+                &vm.config.indexer_cluster,
+                &vm.config.indexer_authority,
+                &path,
+                &body,
+                std::time::Duration::from_micros(left),
+            )
+            .ok()
+        };
+        let first = call()?;
+        Some((first, call()))
+    }
+
+    /// The answer to a call no longer awaited: a decision the indexer made for nothing,
+    /// released at once so it does not count as in-flight load.
+    fn release_late(&self, vm: &VmState, body_size: usize) {
+        if !vm.config.report_completion {
+            return;
+        }
+        let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        let status = host::call_response_status();
+        if let Ok(answer) = classify_answer(status, &body, &vm.config.allowed_endpoints) {
+            self.send_completion(vm, answer.ticket);
+        }
     }
 
     /// The whole body is buffered: start the decision, or fail open at once.
@@ -179,6 +239,9 @@ struct BodyHead {
     model: Option<String>,
 }
 
+/// Below this much of the call timeout left, a second route call is not worth making.
+const MIN_RETRY_MICROS: u64 = 5_000;
+
 fn timeout_micros(vm: &VmState) -> u64 {
     (vm.config.call_timeout.as_micros() as u64).saturating_sub(1000)
 }
@@ -191,9 +254,27 @@ impl Context for KvRouteStream {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.phase != Phase::AwaitingIndexer(token_id) {
+        if self.late == Some(token_id) {
+            self.late = None;
+            if let Some(vm) = self.vm.clone() {
+                self.release_late(&vm, body_size);
+            }
             return;
         }
+        let Phase::AwaitingIndexer(awaited) = self.phase else {
+            return;
+        };
+        // The call still outstanding once this one is handled (the retry sends two).
+        let other = if token_id == awaited {
+            self.hedge.take()
+        } else if self.hedge == Some(token_id) {
+            self.hedge = None;
+            Some(awaited)
+        } else {
+            return;
+        };
+        // Whatever happens below but a wait for `other`, its answer comes too late.
+        self.late = other;
         let Some(vm) = self.vm.clone() else {
             self.phase = Phase::Pass;
             host::resume_request();
@@ -237,6 +318,21 @@ impl Context for KvRouteStream {
             {
                 // Envoy reports its own call timeout as a response without headers.
                 self.fail_open(FailOpenReason::Timeout)
+            }
+            Err(FailOpenReason::IndexerUnavailable) => {
+                if let Some(waiting) = other {
+                    // The retry's other call may still reach a live replica.
+                    self.late = None;
+                    self.phase = Phase::AwaitingIndexer(waiting);
+                    return;
+                }
+                if let Some((token, hedge)) = self.retry_route(&vm) {
+                    vm.metrics.indexer_retry();
+                    self.phase = Phase::AwaitingIndexer(token);
+                    self.hedge = hedge;
+                    return;
+                }
+                self.fail_open(FailOpenReason::IndexerUnavailable)
             }
             Err(reason) => self.fail_open(reason),
         }

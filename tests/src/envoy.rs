@@ -27,6 +27,8 @@ pub struct EnvoyConfig {
     pub plugin_config: String,
     pub pods: Vec<SocketAddr>,
     pub indexer: SocketAddr,
+    /// More indexer replicas beside `indexer`, in the same cluster.
+    pub indexer_replicas: Vec<SocketAddr>,
     pub buffer_max_bytes: usize,
     /// `lb_policy` of `kvroute_pods`, the cluster of every pod (the fail-open path, and the
     /// only path without the filter): benchmarks compare Envoy's own balancers with it.
@@ -71,6 +73,7 @@ impl EnvoyConfig {
                 .map(|i| SocketAddr::from(([127, 0, 0, i], 8000)))
                 .collect(),
             indexer: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            indexer_replicas: Vec::new(),
             buffer_max_bytes: 16 << 20,
             pods_lb_policy: PodsLbPolicy::default(),
         }
@@ -83,17 +86,20 @@ impl EnvoyConfig {
         } else {
             strip_filter_block(template)
         };
-        let pods: Vec<String> = self
-            .pods
-            .iter()
-            .map(|p| {
-                format!(
-                    "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
-                    p.ip(),
-                    p.port()
-                )
-            })
-            .collect();
+        let endpoints = |addrs: &mut dyn Iterator<Item = &SocketAddr>| -> String {
+            addrs
+                .map(|p| {
+                    format!(
+                        "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+                        p.ip(),
+                        p.port()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let pods = endpoints(&mut self.pods.iter());
+        let indexers = endpoints(&mut std::iter::once(&self.indexer).chain(&self.indexer_replicas));
         let values = [
             ("ADMIN_ADDRESS", self.admin_address.clone()),
             ("ADMIN_PORT", self.admin_port.to_string()),
@@ -109,13 +115,12 @@ impl EnvoyConfig {
                     .unwrap_or_default(),
             ),
             ("BUFFER_MAX_BYTES", self.buffer_max_bytes.to_string()),
-            ("POD_ENDPOINTS", pods.join("\n")),
+            ("POD_ENDPOINTS", pods),
             (
                 "PODS_LB_POLICY",
                 self.pods_lb_policy.envoy_name().to_string(),
             ),
-            ("INDEXER_HOST", self.indexer.ip().to_string()),
-            ("INDEXER_PORT", self.indexer.port().to_string()),
+            ("INDEXER_ENDPOINTS", indexers),
         ];
         for (name, value) in values {
             text = text.replace(&format!("{{{{{name}}}}}"), &value);

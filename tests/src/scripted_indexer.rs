@@ -77,6 +77,8 @@ impl ScriptedIndexer {
             .route(ROUTE_PATH, post(route))
             .route(PROMPT_ROUTE_PATH, post(route))
             .route(COMPLETE_PATH, post(route))
+            // Envoy's active health check of the indexer cluster.
+            .route("/readyz", get(|| async { "ready" }))
             .with_state(shared.clone());
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;

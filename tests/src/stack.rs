@@ -211,9 +211,18 @@ pub struct StackBuilder {
     filter_wasm: Option<PathBuf>,
     indexer_listen: Option<SocketAddr>,
     zmq_listen: Option<SocketAddr>,
+    indexer_replicas: usize,
 }
 
 impl StackBuilder {
+    /// Run `n` replicas of [`IndexerSpec::Kvroute`], each with the same arguments on its
+    /// own HTTP port, all in Envoy's indexer cluster (several replicas fit the wiring where
+    /// the indexer dials the engines: [`KvWiring::IndexerConnects`]).
+    pub fn indexer_replicas(mut self, n: usize) -> Self {
+        self.indexer_replicas = n.max(1);
+        self
+    }
+
     pub fn backends(mut self, n: usize) -> Self {
         self.backends = n;
         self
@@ -420,6 +429,7 @@ impl StackBuilder {
         let mut scripted = None;
         let mut indexer_process = None;
         let mut indexer_command = None;
+        let mut replicas: Vec<(SocketAddr, ManagedProcess)> = Vec::new();
         let indexer_addr = match self.indexer {
             IndexerSpec::Scripted(script) => {
                 let script = match script {
@@ -457,6 +467,13 @@ impl StackBuilder {
                     dir.join("indexer.log"),
                 )?);
                 indexer_command = Some(command);
+                for i in 1..self.indexer_replicas {
+                    let mut more = ports.clone();
+                    more.http = SocketAddr::new(ports.http.ip(), free_port()?);
+                    let log = dir.join(format!("indexer-{i}.log"));
+                    let replica = start_indexer(&args(&more), more.http, log)?;
+                    replicas.push((reachable(more.http), replica));
+                }
                 reachable(ports.http)
             }
         };
@@ -518,12 +535,12 @@ impl StackBuilder {
             if let (KvWiring::IndexerConnects, Some(indexer)) = (sim.wiring, &indexer_process) {
                 // The indexer dials each engine (retrying every 500 ms): wait until every
                 // subscription is made, or events published now would be lost.
-                let subscribed = wait_until(Duration::from_secs(10), || {
-                    indexer
-                        .log_tail(1 << 20)
-                        .matches("subscribed to engine")
-                        .count()
-                        >= sim.count
+                let subscribed = wait_until(Duration::from_secs(30), || {
+                    std::iter::once(indexer)
+                        .chain(replicas.iter().map(|(_, p)| p))
+                        .all(|p| {
+                            p.log_tail(1 << 20).matches("subscribed to engine").count() >= sim.count
+                        })
                 });
                 if !subscribed {
                     bail!(
@@ -538,6 +555,9 @@ impl StackBuilder {
 
         if let (Some(command), Some(indexer)) = (&indexer_command, &indexer_process) {
             wait_engines_up(command, indexer_addr, &pods, indexer)?;
+            for (addr, replica) in &replicas {
+                wait_engines_up(command, *addr, &pods, replica)?;
+            }
         }
 
         let mut plugin = self.plugin;
@@ -578,6 +598,7 @@ impl StackBuilder {
             plugin_config,
             pods,
             indexer: indexer_addr,
+            indexer_replicas: replicas.iter().map(|(addr, _)| *addr).collect(),
             buffer_max_bytes: self.buffer_max_bytes,
             pods_lb_policy: self.pods_lb_policy,
         };
@@ -596,6 +617,7 @@ impl StackBuilder {
             scripted,
             indexer_process,
             indexer_command,
+            replicas,
             dir,
             _runtime: runtime,
         })
@@ -691,6 +713,8 @@ pub struct Stack {
     indexer_process: Option<ManagedProcess>,
     /// `kvroute serve`'s command line, to start it again.
     indexer_command: Option<Vec<String>>,
+    /// Indexer replicas past the first ([`StackBuilder::indexer_replicas`]): address, process.
+    replicas: Vec<(SocketAddr, ManagedProcess)>,
     dir: PathBuf,
     _runtime: tokio::runtime::Runtime,
 }
@@ -717,6 +741,7 @@ impl Stack {
             indexer_listen: None,
             zmq_listen: None,
             filter_wasm: None,
+            indexer_replicas: 1,
         }
     }
 
@@ -786,10 +811,32 @@ impl Stack {
         Ok(())
     }
 
+    /// Kill indexer replica `i` (0: the first, [`Stack::indexer_addr`]): its port closes.
+    pub fn kill_indexer_replica(&mut self, i: usize) {
+        if i == 0 {
+            if let Some(p) = self.indexer_process.as_mut() {
+                p.kill();
+            }
+        } else if let Some((_, p)) = self.replicas.get_mut(i - 1) {
+            p.kill();
+        }
+    }
+
+    /// Every indexer replica's HTTP address, the first one ([`Stack::indexer_addr`]) first.
+    pub fn indexer_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.indexer_addr)
+            .chain(self.replicas.iter().map(|(addr, _)| *addr))
+            .collect()
+    }
+
     /// Logs of every process, for assertion messages.
     pub fn logs(&self) -> String {
         let mut out = self.envoy.log_tail();
         if let Some(p) = &self.indexer_process {
+            out.push('\n');
+            out.push_str(&p.log_tail(4000));
+        }
+        for (_, p) in &self.replicas {
             out.push('\n');
             out.push_str(&p.log_tail(4000));
         }
