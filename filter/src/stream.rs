@@ -164,6 +164,7 @@ impl KvRouteStream {
                 &vm.config.indexer_authority,
                 &path,
                 &body,
+                vm.config.indexer_authorization.as_deref(),
                 std::time::Duration::from_micros(left),
             )
             .ok()
