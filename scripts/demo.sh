@@ -9,6 +9,8 @@
 #   bash scripts/demo.sh                         # simulated engines, stays up
 #   bash scripts/demo.sh --exit                  # example only (status 1 if round2 missed)
 #   bash scripts/demo.sh --time-scale 10         # simulated engines ten times faster
+#   bash scripts/demo.sh --epp                   # through the endpoint picker (ext_proc)
+#                                                #   instead of the wasm filter
 #   bash scripts/demo.sh --vllm http://10.0.0.5:8000 --vllm-kv tcp://10.0.0.5:5557 \
 #                        --vllm http://10.0.0.6:8000 --vllm-kv tcp://10.0.0.6:5557   # real vLLM binds
 #   bash scripts/demo.sh --zmq-listen 10.0.0.1:5557 --vllm http://10.0.0.5:8000  # real vLLM connects

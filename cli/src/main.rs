@@ -24,7 +24,7 @@ enum Command {
     /// Print a request's prompt tokens and the block hashes vLLM will publish for it.
     Keys(keys::KeysArgs),
     /// Run the indexer: consume vLLM KV events, answer which pod for each request.
-    Serve(Box<serve::ServeConfig>),
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {

@@ -1,16 +1,53 @@
-//! `kvroute serve`: the indexer daemon. Flags are the indexer's `ServeConfig`; this file
-//! binds the API's socket and turns termination signals into the daemon's shutdown.
+//! `kvroute serve`: the indexer daemon, and beside it the endpoint picker when
+//! `--epp-listen` is given. Flags are the indexer's `ServeConfig` and the picker's
+//! `EppConfig`; this file binds their sockets, runs the picker on the daemon's router, and
+//! turns termination signals into the shutdown of both.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-pub use kvroute_indexer::serve::ServeConfig;
+use kvroute_epp::EppConfig;
+use kvroute_indexer::serve::ServeConfig;
 
-pub fn run(config: ServeConfig) -> ExitCode {
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub indexer: ServeConfig,
+    #[command(flatten)]
+    pub epp: EppConfig,
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
     kvroute_runtime::run("kvroute serve", None, async move {
+        let config = args.indexer;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        kvroute_indexer::serve::serve(config, listener, kvroute_runtime::shutdown_signal()).await
+        let daemon = kvroute_indexer::serve::build(&config)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let picker = match args.epp.epp_listen {
+            Some(addr) => {
+                // Bound before anything runs: a taken port is an error at start.
+                let epp_listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --epp-listen {addr}"))?;
+                let state = daemon.state.clone();
+                let epp = args.epp.clone();
+                Some(tokio::spawn(async move {
+                    if let Err(e) = kvroute_epp::serve(epp_listener, state, epp, stopped).await {
+                        tracing::error!(error = %e, "endpoint picker stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
+        let result = daemon
+            .run(listener, kvroute_runtime::shutdown_signal())
+            .await;
+        let _ = stop.send(true);
+        if let Some(task) = picker {
+            let _ = task.await;
+        }
+        result
     })
 }

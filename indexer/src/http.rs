@@ -24,8 +24,7 @@ use kvroute_api::{
     CompleteAnswer, CompleteRequest, PromptQuery, RouteRequest, COMPLETE_PATH, PROMPT_ROUTE_PATH,
     ROUTE_PATH, TOKENIZERS_PATH,
 };
-use kvroute_blockhash::request::Endpoint;
-use kvroute_blockhash::{BlockHasher, HashConfig, Request, RequestExtras, RequestKeys};
+use kvroute_blockhash::HashConfig;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -34,6 +33,7 @@ use crate::defaults;
 use crate::http_limits::{error, harden, HttpLimits};
 use crate::http_server::Peer;
 use crate::models::Models;
+use crate::prompt::PromptError;
 use crate::router::{RouteError, Router};
 
 /// A LoRA adapter the engines serve on a base model: it routes on the base model's engines,
@@ -112,7 +112,7 @@ fn caller(peer: Option<Extension<Peer>>) -> Option<std::net::IpAddr> {
 fn route_error(e: RouteError) -> Response {
     let status = match e {
         RouteError::UnknownModel(_) => StatusCode::NOT_FOUND,
-        RouteError::NoLivePod(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RouteError::NoLivePod(_) | RouteError::NoEligiblePod(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e)
 }
@@ -173,68 +173,23 @@ async fn route_prompt(
     let state = st.clone();
     let computed = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        prompt_keys(&state, q.path.as_deref(), &body)
+        state.prompt_keys(&body, q.path.as_deref())
     })
     .await;
-    let (model, keys) = match computed {
+    let keys = match computed {
         Ok(Ok(k)) => k,
-        Ok(Err((status, message))) => return error(status, message),
+        Ok(Err(PromptError::Route(e))) => return route_error(e),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     let hashes = &keys.block_hashes[..keys.block_hashes.len().min(st.limits.max_route_blocks)];
-    match st.router.route_as(caller(peer), &model, hashes) {
+    match st.router.route_as(caller(peer), &keys.model, hashes) {
         Ok(mut answer) => {
             answer.prompt_tokens = Some(keys.prompt_tokens);
             Json(answer).into_response()
         }
         Err(e) => route_error(e),
     }
-}
-
-/// The base model and block keys of a raw request body, or the error's status and text.
-fn prompt_keys(
-    st: &AppState,
-    path: Option<&str>,
-    body: &[u8],
-) -> Result<(String, RequestKeys), (StatusCode, String)> {
-    let bad = |e: kvroute_blockhash::Error| (StatusCode::BAD_REQUEST, e.to_string());
-    let endpoint = path.and_then(Endpoint::from_path);
-    let request = Request::parse(body, endpoint).map_err(bad)?;
-    let Some(requested) = request.model.clone() else {
-        return Err((StatusCode::BAD_REQUEST, "the body names no model".into()));
-    };
-    let (model, lora_name, lora_path) = match st.lora_bases.get(&requested) {
-        Some(adapter) => (
-            adapter.base.clone(),
-            Some(requested.clone()),
-            adapter.path.clone(),
-        ),
-        None => (requested.clone(), None, None),
-    };
-    let Some(m) = st.models.get(&model) else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            RouteError::UnknownModel(model).to_string(),
-        ));
-    };
-    let block_size = st
-        .router
-        .registry
-        .block_size(&model)
-        .unwrap_or(st.hash.block_size);
-    let hasher = BlockHasher::new(HashConfig {
-        block_size,
-        ..st.hash.clone()
-    });
-    let extras = RequestExtras {
-        cache_salt: request.cache_salt.clone(),
-        lora_name,
-        lora_path,
-    };
-    let keys =
-        RequestKeys::compute_with_style(&m.encoder, &hasher, &request, &extras, st.extra_keys)
-            .map_err(bad)?;
-    Ok((model, keys))
 }
 
 async fn complete(

@@ -21,6 +21,7 @@ pub mod load;
 pub mod metrics;
 pub mod models;
 pub mod pods;
+pub mod prompt;
 pub mod route_memory;
 pub mod router;
 pub mod scoring;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub route_seconds: Histogram,
     pub matched_blocks: Counter,
     pub requested_blocks: Counter,
+    /// Endpoint picker (ext_proc) requests, by outcome (`routed`, `fail_open_<why>`, ...).
+    pub epp_requests: Family<ReasonLabel, Counter>,
     pub registry: Registry,
 }
 
@@ -72,6 +74,7 @@ impl Metrics {
         let route_seconds = Histogram::new([1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2]);
         let matched_blocks = Counter::default();
         let requested_blocks = Counter::default();
+        let epp_requests = Family::<ReasonLabel, Counter>::default();
         let mut registry = Registry::with_prefix("kvroute");
         registry.register("kv_events", "KV events applied, by type", events.clone());
         registry.register(
@@ -181,6 +184,11 @@ impl Metrics {
             "Blocks in routed requests",
             requested_blocks.clone(),
         );
+        registry.register(
+            "epp_requests",
+            "Endpoint picker (ext_proc) requests, by outcome",
+            epp_requests.clone(),
+        );
         Self {
             events,
             decode_errors,
@@ -206,6 +214,7 @@ impl Metrics {
             route_seconds,
             matched_blocks,
             requested_blocks,
+            epp_requests,
             registry,
         }
     }

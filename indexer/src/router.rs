@@ -35,6 +35,9 @@ pub enum RouteError {
     UnknownModel(String),
     #[error("no live pod serves model {0:?}")]
     NoLivePod(String),
+    /// The caller restricted the choice (the GIE subset hint) and no live pod is in it.
+    #[error("no live pod of model {0:?} is among the allowed endpoints")]
+    NoEligiblePod(String),
 }
 
 pub struct Router {
@@ -64,8 +67,30 @@ impl Router {
         model: &str,
         keys: &[u64],
     ) -> Result<RouteAnswer, RouteError> {
+        self.route_among(caller, model, keys, None)
+    }
+
+    /// Like [`Router::route_as`], choosing only among pods whose endpoint (`ip:port`) is in
+    /// `allowed` when given (the endpoint picker protocol's subset hint).
+    pub fn route_among(
+        &self,
+        caller: Option<std::net::IpAddr>,
+        model: &str,
+        keys: &[u64],
+        allowed: Option<&[String]>,
+    ) -> Result<RouteAnswer, RouteError> {
         let started = Instant::now();
-        let pods = self.registry.pods_for_model(model);
+        let mut pods = self.registry.pods_for_model(model);
+        if let Some(allowed) = allowed {
+            if !pods.is_empty() {
+                pods.retain(|(pod, _)| allowed.iter().any(|a| **a == *pod.endpoint));
+                if pods.is_empty() {
+                    let err = RouteError::NoEligiblePod(model.to_owned());
+                    self.count_error(&err);
+                    return Err(err);
+                }
+            }
+        }
         if pods.is_empty() {
             let known = self.configured_models.iter().any(|m| m == model)
                 || self.registry.models().iter().any(|m| m == model);
@@ -141,6 +166,7 @@ impl Router {
         let reason = match err {
             RouteError::UnknownModel(_) => "unknown_model",
             RouteError::NoLivePod(_) => "no_live_pod",
+            RouteError::NoEligiblePod(_) => "no_eligible_pod",
         };
         self.metrics
             .route_errors

@@ -30,10 +30,41 @@ pub struct EnvoyConfig {
     /// More indexer replicas beside `indexer`, in the same cluster.
     pub indexer_replicas: Vec<SocketAddr>,
     pub buffer_max_bytes: usize,
-    /// `lb_policy` of `kvroute_pods`, the cluster of every pod (the fail-open path, and the
-    /// only path without the filter): benchmarks compare Envoy's own balancers with it.
+    /// The balancer of `kvroute_pods` for requests kvroute did not route (the fail-open path,
+    /// and the only path without the filter): benchmarks compare Envoy's own balancers with it.
     pub pods_lb_policy: PodsLbPolicy,
+    /// `Some`: the endpoint picker path instead of the wasm filter (`envoy/epp.yaml.tmpl`,
+    /// ext_proc to `kvroute serve --epp-listen` at this address).
+    pub epp: Option<SocketAddr>,
+    /// ext_proc's `message_timeout` (the picker path's fail-open bound).
+    pub epp_message_timeout: Duration,
+    /// ext_proc's request body mode on the picker path.
+    pub epp_body_mode: EppBodyMode,
 }
+
+/// How ext_proc hands the request body to the picker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EppBodyMode {
+    /// The checked-in configuration: Envoy buffers up to its limit, then sends it at once.
+    #[default]
+    BufferedPartial,
+    /// What GIE gateways configure: chunks as they come, the picker holds them.
+    FullDuplexStreamed,
+}
+
+impl EppBodyMode {
+    /// `request_body_mode` and the `request_trailer_mode` it requires.
+    pub fn envoy_modes(self) -> (&'static str, &'static str) {
+        match self {
+            EppBodyMode::BufferedPartial => ("BUFFERED_PARTIAL", "SKIP"),
+            EppBodyMode::FullDuplexStreamed => ("FULL_DUPLEX_STREAMED", "SEND"),
+        }
+    }
+}
+
+/// ext_proc's per-message timeout in the checked-in configuration: the picker path's
+/// bound on the delay it may add before failing open.
+pub const EPP_MESSAGE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Envoy's load balancers on the cluster of every pod.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,13 +76,22 @@ pub enum PodsLbPolicy {
 }
 
 impl PodsLbPolicy {
-    /// Envoy's `lb_policy` enum name.
-    pub fn envoy_name(self) -> &'static str {
+    /// Envoy's load-balancing extension name and config type (`least_request`, `LeastRequest`).
+    pub fn envoy_extension(self) -> (&'static str, &'static str) {
         match self {
-            PodsLbPolicy::LeastRequest => "LEAST_REQUEST",
-            PodsLbPolicy::RoundRobin => "ROUND_ROBIN",
-            PodsLbPolicy::Random => "RANDOM",
+            PodsLbPolicy::LeastRequest => ("least_request", "LeastRequest"),
+            PodsLbPolicy::RoundRobin => ("round_robin", "RoundRobin"),
+            PodsLbPolicy::Random => ("random", "Random"),
         }
+    }
+
+    /// The `typed_extension_config` of the balancer, as a YAML flow mapping (the fallback
+    /// policy of `kvroute_pods`' override_host policy).
+    pub fn typed_extension_config(self) -> String {
+        let (name, ty) = self.envoy_extension();
+        format!(
+            "{{name: envoy.load_balancing_policies.{name}, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.{name}.v3.{ty}}}}}"
+        )
     }
 }
 
@@ -76,12 +116,34 @@ impl EnvoyConfig {
             indexer_replicas: Vec::new(),
             buffer_max_bytes: 16 << 20,
             pods_lb_policy: PodsLbPolicy::default(),
+            epp: None,
+            epp_message_timeout: EPP_MESSAGE_TIMEOUT,
+            epp_body_mode: EppBodyMode::default(),
+        }
+    }
+
+    /// The values of the checked-in `envoy/local-epp.yaml`: as [`EnvoyConfig::local`], with
+    /// `kvroute serve --epp-listen 127.0.0.1:9002` as the endpoint picker.
+    pub fn local_epp() -> Self {
+        Self {
+            wasm_path: None,
+            epp: Some(SocketAddr::from(([127, 0, 0, 1], 9002))),
+            ..Self::local()
+        }
+    }
+
+    /// The template these values fill.
+    pub fn template_path(&self) -> PathBuf {
+        if self.epp.is_some() {
+            paths::envoy_epp_template()
+        } else {
+            paths::envoy_template()
         }
     }
 
     /// Render the template text with these values.
     pub fn render(&self, template: &str) -> String {
-        let mut text = if self.wasm_path.is_some() {
+        let mut text = if self.wasm_path.is_some() || self.epp.is_some() {
             template.to_string()
         } else {
             strip_filter_block(template)
@@ -118,7 +180,27 @@ impl EnvoyConfig {
             ("POD_ENDPOINTS", pods),
             (
                 "PODS_LB_POLICY",
-                self.pods_lb_policy.envoy_name().to_string(),
+                self.pods_lb_policy.typed_extension_config(),
+            ),
+            (
+                "EPP_HOST",
+                self.epp.map(|a| a.ip().to_string()).unwrap_or_default(),
+            ),
+            (
+                "EPP_PORT",
+                self.epp.map(|a| a.port().to_string()).unwrap_or_default(),
+            ),
+            (
+                "EPP_MESSAGE_TIMEOUT",
+                format!("{}s", self.epp_message_timeout.as_secs_f64()),
+            ),
+            (
+                "EPP_REQUEST_BODY_MODE",
+                self.epp_body_mode.envoy_modes().0.to_string(),
+            ),
+            (
+                "EPP_REQUEST_TRAILER_MODE",
+                self.epp_body_mode.envoy_modes().1.to_string(),
             ),
             ("INDEXER_ENDPOINTS", indexers),
         ];
@@ -173,7 +255,7 @@ pub struct Envoy {
 impl Envoy {
     /// Write the rendered config into `dir` and start Envoy with `concurrency` workers.
     pub fn start(config: &EnvoyConfig, concurrency: usize, dir: &Path) -> anyhow::Result<Self> {
-        let template = std::fs::read_to_string(paths::envoy_template())?;
+        let template = std::fs::read_to_string(config.template_path())?;
         let config_path = dir.join(format!("envoy-{}.yaml", config.listen_port));
         std::fs::write(&config_path, config.render(&template))?;
         let args = vec![

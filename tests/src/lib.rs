@@ -13,6 +13,7 @@ pub mod kvroute_serve;
 pub mod paths;
 pub mod ports;
 pub mod process;
+pub mod prompts;
 pub mod scripted_indexer;
 pub mod sim_engine;
 pub mod stack;

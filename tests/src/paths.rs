@@ -25,6 +25,11 @@ pub fn envoy_template() -> PathBuf {
     repo_root().join("envoy/kvroute.yaml.tmpl")
 }
 
+/// The ext_proc (endpoint picker) configuration template.
+pub fn envoy_epp_template() -> PathBuf {
+    repo_root().join("envoy/epp.yaml.tmpl")
+}
+
 /// The shrunk filter module, built by scripts/build_filter.sh once per test process
 /// (cargo makes the build a no-op when nothing changed).
 pub fn filter_wasm() -> anyhow::Result<PathBuf> {

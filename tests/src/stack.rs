@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use kvroute_blockhash::HashConfig;
 
 use crate::backend::Backend;
-use crate::envoy::{Envoy, EnvoyConfig, PodsLbPolicy};
+use crate::envoy::{Envoy, EnvoyConfig, EppBodyMode, PodsLbPolicy};
 use crate::http::{self, Response};
 use crate::kv_engine::{KvModel, KvPublisher};
 use crate::paths;
@@ -212,6 +212,28 @@ pub struct StackBuilder {
     indexer_listen: Option<SocketAddr>,
     zmq_listen: Option<SocketAddr>,
     indexer_replicas: usize,
+    epp: Option<EppOptions>,
+}
+
+/// The endpoint picker path: `kvroute serve --epp-listen` and Envoy's ext_proc filter
+/// (`envoy/epp.yaml.tmpl`) instead of the wasm filter.
+#[derive(Debug, Clone)]
+pub struct EppOptions {
+    /// The picker's port on 127.0.0.1; `None`: a free one.
+    pub port: Option<u16>,
+    /// ext_proc's `message_timeout`.
+    pub message_timeout: Duration,
+    pub body_mode: EppBodyMode,
+}
+
+impl Default for EppOptions {
+    fn default() -> Self {
+        Self {
+            port: None,
+            message_timeout: crate::envoy::EPP_MESSAGE_TIMEOUT,
+            body_mode: EppBodyMode::default(),
+        }
+    }
 }
 
 impl StackBuilder {
@@ -220,6 +242,13 @@ impl StackBuilder {
     /// the indexer dials the engines: [`KvWiring::IndexerConnects`]).
     pub fn indexer_replicas(mut self, n: usize) -> Self {
         self.indexer_replicas = n.max(1);
+        self
+    }
+
+    /// Route through the endpoint picker (ext_proc) instead of the wasm filter; the
+    /// indexer must be [`IndexerSpec::Kvroute`] (it serves the picker).
+    pub fn epp(mut self, options: EppOptions) -> Self {
+        self.epp = Some(options);
         self
     }
 
@@ -425,12 +454,22 @@ impl StackBuilder {
         let zmq_ip = self
             .zmq_listen
             .map_or(Ipv4Addr::LOCALHOST.into(), |a| a.ip());
+        let epp_addr = match &self.epp {
+            Some(epp) => Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                epp.port.map_or_else(free_port, Ok)?,
+            ))),
+            None => None,
+        };
 
         let mut scripted = None;
         let mut indexer_process = None;
         let mut indexer_command = None;
         let mut replicas: Vec<(SocketAddr, ManagedProcess)> = Vec::new();
         let indexer_addr = match self.indexer {
+            IndexerSpec::Scripted(_) | IndexerSpec::External(_) if epp_addr.is_some() => {
+                bail!("the endpoint picker path needs IndexerSpec::Kvroute")
+            }
             IndexerSpec::Scripted(script) => {
                 let script = match script {
                     RouteScript::CycleBackends => RouteScript::Cycle(pods.clone()),
@@ -460,10 +499,14 @@ impl StackBuilder {
                     models: self.models.clone(),
                     kv: indexer_kv.clone(),
                 };
-                let command = args(&ports);
+                let mut command = args(&ports);
+                if let Some(addr) = epp_addr {
+                    command.extend(["--epp-listen".to_string(), addr.to_string()]);
+                }
                 indexer_process = Some(start_indexer(
                     &command,
                     ports.http,
+                    epp_addr,
                     dir.join("indexer.log"),
                 )?);
                 indexer_command = Some(command);
@@ -592,6 +635,7 @@ impl StackBuilder {
             admin_port: admin.port(),
             wasm_path: match (self.filter, self.filter_wasm) {
                 (false, _) => None,
+                (true, _) if epp_addr.is_some() => None,
                 (true, Some(path)) => Some(path),
                 (true, None) => Some(paths::filter_wasm()?),
             },
@@ -601,9 +645,19 @@ impl StackBuilder {
             indexer_replicas: replicas.iter().map(|(addr, _)| *addr).collect(),
             buffer_max_bytes: self.buffer_max_bytes,
             pods_lb_policy: self.pods_lb_policy,
+            epp: epp_addr,
+            epp_message_timeout: self
+                .epp
+                .as_ref()
+                .map_or(crate::envoy::EPP_MESSAGE_TIMEOUT, |e| e.message_timeout),
+            epp_body_mode: self.epp.as_ref().map(|e| e.body_mode).unwrap_or_default(),
         };
         let mut envoy = Envoy::start(&config, self.concurrency, &dir)?;
-        if self.filter && self.wait_tokenizers && filter_tokenizes && !self.models.is_empty() {
+        if config.wasm_path.is_some()
+            && self.wait_tokenizers
+            && filter_tokenizes
+            && !self.models.is_empty()
+        {
             let loads = (self.concurrency * self.models.len()) as u64;
             envoy.wait_tokenizers(loads, Duration::from_secs(60))?;
         }
@@ -614,6 +668,7 @@ impl StackBuilder {
             pods: config.pods.clone(),
             zmq_port,
             indexer_addr,
+            epp_addr,
             scripted,
             indexer_process,
             indexer_command,
@@ -637,12 +692,14 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 fn start_indexer(
     command: &[String],
     http: SocketAddr,
+    epp: Option<SocketAddr>,
     log: PathBuf,
 ) -> anyhow::Result<ManagedProcess> {
     let proc = ManagedProcess::spawn("kvroute serve", &paths::kvroute_bin()?, command, log)?;
     let reach = reachable(http);
     let ready = wait_until(Duration::from_secs(20), || {
         http::send(reach, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
+            && epp.is_none_or(|a| std::net::TcpStream::connect(a).is_ok())
     });
     if !ready {
         bail!(
@@ -709,6 +766,8 @@ pub struct Stack {
     /// The indexer's ZeroMQ SUB port when it binds one (0 otherwise).
     pub zmq_port: u16,
     pub indexer_addr: SocketAddr,
+    /// The endpoint picker's gRPC address, on the picker path.
+    pub epp_addr: Option<SocketAddr>,
     scripted: Option<ScriptedIndexer>,
     indexer_process: Option<ManagedProcess>,
     /// `kvroute serve`'s command line, to start it again.
@@ -742,6 +801,7 @@ impl Stack {
             zmq_listen: None,
             filter_wasm: None,
             indexer_replicas: 1,
+            epp: None,
         }
     }
 
@@ -807,7 +867,12 @@ impl Stack {
             .context("the stack does not run kvroute serve")?;
         self.kill_indexer();
         let log = self.dir.join("indexer-restarted.log");
-        self.indexer_process = Some(start_indexer(&command, self.indexer_addr, log)?);
+        self.indexer_process = Some(start_indexer(
+            &command,
+            self.indexer_addr,
+            self.epp_addr,
+            log,
+        )?);
         Ok(())
     }
 
@@ -827,6 +892,21 @@ impl Stack {
         std::iter::once(self.indexer_addr)
             .chain(self.replicas.iter().map(|(addr, _)| *addr))
             .collect()
+    }
+
+    /// The pid of the real `kvroute serve`, when the stack runs it.
+    pub fn indexer_pid(&self) -> Option<u32> {
+        self.indexer_process.as_ref().map(ManagedProcess::pid)
+    }
+
+    /// Send `signal` to the indexer process (`libc::SIGSTOP` makes it a picker that never
+    /// answers, `SIGCONT` resumes it); false without one.
+    pub fn signal_indexer(&self, signal: i32) -> bool {
+        match &self.indexer_process {
+            // SAFETY: kill(2) on a pid this stack spawned and still owns.
+            Some(p) => unsafe { libc::kill(p.pid() as i32, signal) == 0 },
+            None => false,
+        }
     }
 
     /// Logs of every process, for assertion messages.

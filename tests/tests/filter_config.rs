@@ -1,6 +1,6 @@
 //! The Envoy configurations users run are the ones the tests run: `envoy/local.yaml` is
 //! the template rendered with local defaults, and the real Envoy accepts it, with and
-//! without the filter block.
+//! without the filter block; `envoy/local-epp.yaml` likewise for the endpoint picker.
 
 use std::process::Command;
 
@@ -53,4 +53,19 @@ fn envoy_accepts_the_configs_with_and_without_the_filter() {
         !text.contains("envoy.filters.http.wasm") && !text.contains("envoy.filters.http.buffer")
     );
     validate(&text, "without-filter");
+}
+
+#[test]
+fn local_epp_yaml_is_the_rendered_epp_template_and_envoy_accepts_it() {
+    let config = EnvoyConfig::local_epp();
+    let template = std::fs::read_to_string(config.template_path()).expect("epp template");
+    let local = std::fs::read_to_string(paths::repo_root().join("envoy/local-epp.yaml"))
+        .expect("envoy/local-epp.yaml");
+    let rendered = config.render(&template);
+    assert!(
+        local == rendered,
+        "envoy/local-epp.yaml differs from the rendered template: regenerate it"
+    );
+    assert!(rendered.contains("envoy.filters.http.ext_proc") && !rendered.contains("{{"));
+    validate(&rendered, "local-epp");
 }

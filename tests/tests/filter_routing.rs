@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kvroute_tests::paths;
+use kvroute_tests::prompts::customer_handbook as prefix;
 use kvroute_tests::stack::{kvroute_serve, IndexerSpec, Stack, QWEN3_MODEL};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 fn capture(name: &str) -> serde_json::Value {
     let all: serde_json::Value = serde_json::from_slice(
@@ -81,57 +82,6 @@ fn seed_round2_follows_round1_and_the_killed_indexer_fails_open() {
             .expect("stat"),
         5
     );
-}
-
-fn prefix(seed: u64) -> String {
-    const WORDS: &[&str] = &[
-        "ledger",
-        "account",
-        "invoice",
-        "balance",
-        "shipment",
-        "carrier",
-        "customs",
-        "tariff",
-        "warehouse",
-        "pallet",
-        "refund",
-        "policy",
-        "renewal",
-        "premium",
-        "claim",
-        "adjuster",
-        "quarter",
-        "forecast",
-        "margin",
-        "revenue",
-        "the",
-        "of",
-        "and",
-        "to",
-        "for",
-        "with",
-        "on",
-        "by",
-        "is",
-        "was",
-        "after",
-        "before",
-        "under",
-        "over",
-    ];
-    let mut rng = StdRng::seed_from_u64(seed);
-    let words: Vec<String> = (0..900)
-        .map(|_| {
-            let w = WORDS[rng.random_range(0..WORDS.len())];
-            if rng.random_bool(0.15) {
-                format!("{w}-{}", rng.random_range(0..100_000))
-            } else {
-                w.to_string()
-            }
-        })
-        .collect();
-    format!("Customer {seed} handbook. {}", words.join(" "))
 }
 
 fn ask(stack: &Stack, customer: u64, question: &str) -> kvroute_tests::http::Response {

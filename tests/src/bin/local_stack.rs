@@ -1,5 +1,6 @@
 //! `local-stack`: the README's main job on one machine. Starts `kvroute serve`, N simulated
-//! vLLM engines (or points at real ones) and a real Envoy with the kvroute filter, sends the
+//! vLLM engines (or points at real ones) and a real Envoy with the kvroute filter (or, with
+//! `--epp`, with its ext_proc filter asking kvroute's endpoint picker), sends the
 //! seed's `round1` and `round2` through Envoy, prints which engine served each and how many
 //! prompt tokens came from its cache, then keeps the stack up for your own requests until
 //! Ctrl-C (or exits with `--exit`). `scripts/demo.sh` runs it after setting up.
@@ -14,7 +15,8 @@ use kvroute_tests::http;
 use kvroute_tests::paths;
 use kvroute_tests::sim_engine::{cached_tokens, seed_requests};
 use kvroute_tests::stack::{
-    kvroute_serve_defaults, ExternalEngine, IndexerSpec, KvWiring, SimEngineOptions, Stack,
+    kvroute_serve_defaults, EppOptions, ExternalEngine, IndexerSpec, KvWiring, SimEngineOptions,
+    Stack,
 };
 use serde_json::{json, Value};
 
@@ -74,6 +76,13 @@ struct Args {
     /// A prebuilt filter module (e.g. target/kvroute_filter.wasm) instead of building it.
     #[arg(long, value_name = "WASM")]
     filter: Option<PathBuf>,
+    /// Route through the endpoint picker (Envoy ext_proc to `kvroute serve --epp-listen`,
+    /// envoy/epp.yaml.tmpl) instead of the wasm filter.
+    #[arg(long)]
+    epp: bool,
+    /// The endpoint picker's gRPC port on 127.0.0.1 (with --epp).
+    #[arg(long, default_value_t = 9002)]
+    epp_port: u16,
     /// Exit after the example requests (status 1 if round2 did not follow round1).
     #[arg(long)]
     exit: bool,
@@ -134,6 +143,12 @@ fn start_stack(args: &Args) -> anyhow::Result<Stack> {
             bail!("--filter {}: no such file", wasm.display());
         }
         builder = builder.filter_wasm(wasm.clone());
+    }
+    if args.epp {
+        builder = builder.epp(EppOptions {
+            port: Some(args.epp_port),
+            ..EppOptions::default()
+        });
     }
     if args.vllm.is_empty() {
         let mut sim = SimEngineOptions::new(args.engines);
@@ -238,15 +253,20 @@ fn wait_for_blocks(stack: &Stack, engine: &str) {
     });
 }
 
-fn print_outcome(o: &Outcome) {
+/// `epp`: the picker path, whose answers carry no debug headers (the filter's do).
+fn print_outcome(o: &Outcome, epp: bool) {
     let show = |v: Option<u64>| v.map_or("n/a".to_string(), |n| n.to_string());
+    let how = if epp {
+        "(endpoint picker)".to_string()
+    } else {
+        format!("(filter matched {} blocks)", o.matched_blocks)
+    };
     println!(
-        "{:<7} served by {:<18} prompt tokens {:>4}, from cache {:>4} (filter matched {} blocks)",
+        "{:<7} served by {:<18} prompt tokens {:>4}, from cache {:>4} {how}",
         o.name,
         o.engine().unwrap_or("? (fail-open)"),
         show(o.prompt_tokens),
         show(o.cached_tokens),
-        o.matched_blocks
     );
 }
 
@@ -287,8 +307,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let engines: Vec<String> = stack.pods.iter().map(|p| p.to_string()).collect();
+    let picker = stack
+        .epp_addr
+        .map(|a| format!("  endpoint picker grpc://{a}"))
+        .unwrap_or_default();
     println!(
-        "stack up: Envoy http://{}  kvroute serve http://{}  engines {}",
+        "stack up: Envoy http://{}  kvroute serve http://{}{picker}  engines {}",
         stack.listen(),
         stack.indexer_addr,
         engines.join(" ")
@@ -307,7 +331,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             .find(|r| r["name"] == name)
             .with_context(|| format!("no {name} in requests.json"))?;
         let outcome = send_example(&stack, entry)?;
-        print_outcome(&outcome);
+        print_outcome(&outcome, args.epp);
         if let Some(engine) = outcome.engine() {
             wait_for_blocks(&stack, engine);
         }

@@ -1,10 +1,17 @@
-//! Regenerates envoy/local.yaml from envoy/kvroute.yaml.tmpl with the local defaults
+//! Regenerates envoy/local.yaml from envoy/kvroute.yaml.tmpl, and envoy/local-epp.yaml
+//! from envoy/epp.yaml.tmpl, with the local defaults
 //! (`cargo run -p kvroute-tests --bin render-local-envoy`); a test keeps them in sync.
+
+use kvroute_tests::envoy::EnvoyConfig;
 
 fn main() -> anyhow::Result<()> {
     let root = kvroute_tests::paths::repo_root();
-    let template = std::fs::read_to_string(kvroute_tests::paths::envoy_template())?;
-    let text = kvroute_tests::envoy::EnvoyConfig::local().render(&template);
-    std::fs::write(root.join("envoy/local.yaml"), text)?;
+    for (config, file) in [
+        (EnvoyConfig::local(), "envoy/local.yaml"),
+        (EnvoyConfig::local_epp(), "envoy/local-epp.yaml"),
+    ] {
+        let template = std::fs::read_to_string(config.template_path())?;
+        std::fs::write(root.join(file), config.render(&template))?;
+    }
     Ok(())
 }

@@ -1,0 +1,206 @@
+//! The endpoint picker's fail-open answers through the real Envoy: malformed or empty
+//! bodies, unknown models, bodies over Envoy's buffer limit or the picker's own, requests
+//! that are not completions, a client's own destination header, and a picker that stops
+//! answering each get a served request without a routing header, in both body modes
+//! (BUFFERED_PARTIAL as shipped, FULL_DUPLEX_STREAMED as GIE gateways configure), never a
+//! broken or hung request.
+
+use std::time::{Duration, Instant};
+
+use kvroute_tests::envoy::EppBodyMode;
+use kvroute_tests::http;
+use kvroute_tests::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack, QWEN3_MODEL};
+
+const DESTINATION: &str = "x-gateway-destination-endpoint";
+/// Envoy's buffer limit on the picker path in this test.
+const BUFFER_LIMIT: usize = 64 << 10;
+
+fn epp_count(stack: &Stack, outcome: &str) -> u64 {
+    let r = http::send(stack.indexer_addr, "GET", "/metrics", &[], b"").expect("metrics");
+    let text = String::from_utf8_lossy(&r.body);
+    let prefix = format!("kvroute_epp_requests_total{{reason=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// In full-duplex mode Envoy buffers nothing: the picker's own limit decides.
+const PICKER_LIMIT: &str = "65536";
+
+fn stack(mode: EppBodyMode) -> Stack {
+    Stack::builder()
+        .backends(3)
+        .qwen3()
+        .kv_engines()
+        .buffer_max_bytes(BUFFER_LIMIT)
+        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[
+            "--epp-max-body-bytes",
+            PICKER_LIMIT,
+        ])))
+        .epp(EppOptions {
+            body_mode: mode,
+            ..EppOptions::default()
+        })
+        .start()
+        .expect("stack")
+}
+
+/// The last request a backend received, across all backends, and who got it.
+fn last_hit(stack: &Stack, path: &str) -> (String, kvroute_tests::backend::Hit) {
+    stack
+        .backends
+        .iter()
+        .flat_map(|b| b.hits().into_iter().map(move |h| (b.name.clone(), h)))
+        .filter(|(_, h)| h.path == path)
+        .last()
+        .expect("a backend got it")
+}
+
+fn header<'a>(hit: &'a kvroute_tests::backend::Hit, name: &str) -> Option<&'a str> {
+    hit.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn chat_body(content: &str) -> Vec<u8> {
+    serde_json::json!({"model": QWEN3_MODEL, "max_tokens": 4,
+        "messages": [{"role": "user", "content": content}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn fail_open_cases(mode: EppBodyMode) {
+    let stack = stack(mode);
+    let chat = "/v1/chat/completions";
+    let spoof = stack.backends[2].addr.to_string();
+    let big = "lorem ipsum dolor sit amet ".repeat(BUFFER_LIMIT / 20);
+    let cases: Vec<(&str, &str, Vec<u8>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "malformed",
+            chat,
+            b"{\"model\": \"Qwen3-32B\", \"messages\": [".to_vec(),
+            vec![],
+            "fail_open_malformed",
+        ),
+        ("empty", chat, Vec::new(), vec![], "fail_open_empty_body"),
+        (
+            "unknown model",
+            chat,
+            br#"{"model":"no-such-model","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+            vec![],
+            "fail_open_unknown_model",
+        ),
+        (
+            "oversized",
+            chat,
+            chat_body(&big),
+            vec![],
+            "fail_open_oversized",
+        ),
+        (
+            "not a completion",
+            "/v1/embeddings",
+            chat_body("hi"),
+            vec![],
+            "fail_open_not_routable",
+        ),
+        // A client naming the pod itself is not obeyed, nor is its header passed on.
+        (
+            "spoofed header",
+            chat,
+            b"not json".to_vec(),
+            vec![(DESTINATION, spoof.as_str())],
+            "fail_open_malformed",
+        ),
+    ];
+    for (name, path, body, headers, outcome) in cases {
+        let before = epp_count(&stack, outcome);
+        let mut all_headers = vec![("content-type", "application/json")];
+        all_headers.extend(headers);
+        let started = Instant::now();
+        let r = stack
+            .send("POST", path, &all_headers, &body)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", stack.logs()));
+        assert_eq!(
+            r.status,
+            200,
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&r.body),
+            stack.logs()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{name}: {:?}",
+            started.elapsed()
+        );
+        let (_, hit) = last_hit(&stack, path);
+        assert_eq!(
+            hit.body.len(),
+            body.len(),
+            "{name}: body changed on the way"
+        );
+        assert_eq!(header(&hit, DESTINATION), None, "{name}: routed");
+        assert_eq!(
+            epp_count(&stack, outcome),
+            before + 1,
+            "{name}: {mode:?}\n{}",
+            stack.logs()
+        );
+    }
+    // And a body it can route is routed, in the same mode.
+    let r = stack
+        .send("POST", chat, &[], &chat_body("route me"))
+        .expect("routed");
+    assert_eq!(r.status, 200);
+    let (served_by, hit) = last_hit(&stack, chat);
+    let named = header(&hit, DESTINATION).expect("routed request carries the header");
+    let addr = stack
+        .backends
+        .iter()
+        .find(|b| b.name == served_by)
+        .unwrap()
+        .addr
+        .to_string();
+    assert_eq!(named.split(',').next(), Some(addr.as_str()));
+}
+
+#[test]
+fn what_cannot_be_routed_is_served_unrouted_buffered_partial() {
+    fail_open_cases(EppBodyMode::BufferedPartial);
+}
+
+#[test]
+fn what_cannot_be_routed_is_served_unrouted_full_duplex() {
+    fail_open_cases(EppBodyMode::FullDuplexStreamed);
+}
+
+#[test]
+fn a_picker_that_stops_answering_costs_at_most_the_message_timeout() {
+    let stack = stack(EppBodyMode::BufferedPartial);
+    let r = stack
+        .send("POST", "/v1/chat/completions", &[], &chat_body("warm"))
+        .expect("warm");
+    assert_eq!(r.status, 200);
+    assert!(stack.signal_indexer(libc::SIGSTOP));
+    let mut worst = Duration::ZERO;
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = stack.send(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            &chat_body(&format!("frozen {i}")),
+        );
+        let took = started.elapsed();
+        worst = worst.max(took);
+        let r = r.expect("served");
+        assert_eq!(r.status, 200, "{}", stack.logs());
+        let (_, hit) = last_hit(&stack, "/v1/chat/completions");
+        assert_eq!(header(&hit, DESTINATION), None);
+    }
+    stack.signal_indexer(libc::SIGCONT);
+    let bound = kvroute_tests::envoy::EPP_MESSAGE_TIMEOUT + Duration::from_millis(300);
+    assert!(worst < bound, "a request took {worst:?} (bound {bound:?})");
+}
