@@ -46,15 +46,25 @@ fn stack(mode: EppBodyMode) -> Stack {
         .expect("stack")
 }
 
-/// The last request a backend received, across all backends, and who got it.
-fn last_hit(stack: &Stack, path: &str) -> (String, kvroute_tests::backend::Hit) {
-    stack
-        .backends
-        .iter()
-        .flat_map(|b| b.hits().into_iter().map(move |h| (b.name.clone(), h)))
-        .filter(|(_, h)| h.path == path)
-        .last()
-        .expect("a backend got it")
+/// Requests each backend has received so far.
+fn hit_counts(stack: &Stack) -> Vec<usize> {
+    stack.backends.iter().map(|b| b.hit_count()).collect()
+}
+
+/// The one request received since `before` (counts), and which backend got it.
+fn new_hit(stack: &Stack, before: &[usize]) -> (String, kvroute_tests::backend::Hit) {
+    let mut got = Vec::new();
+    for (b, &n) in stack.backends.iter().zip(before) {
+        for h in b.hits().into_iter().skip(n) {
+            got.push((b.name.clone(), h));
+        }
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "expected exactly one new request at the backends"
+    );
+    got.remove(0)
 }
 
 fn header<'a>(hit: &'a kvroute_tests::backend::Hit, name: &str) -> Option<&'a str> {
@@ -117,6 +127,7 @@ fn fail_open_cases(mode: EppBodyMode) {
     ];
     for (name, path, body, headers, outcome) in cases {
         let before = epp_count(&stack, outcome);
+        let hits = hit_counts(&stack);
         let mut all_headers = vec![("content-type", "application/json")];
         all_headers.extend(headers);
         let started = Instant::now();
@@ -135,12 +146,9 @@ fn fail_open_cases(mode: EppBodyMode) {
             "{name}: {:?}",
             started.elapsed()
         );
-        let (_, hit) = last_hit(&stack, path);
-        assert_eq!(
-            hit.body.len(),
-            body.len(),
-            "{name}: body changed on the way"
-        );
+        let (_, hit) = new_hit(&stack, &hits);
+        assert_eq!(hit.path, path, "{name}");
+        assert_eq!(hit.body, body, "{name}: body changed on the way");
         assert_eq!(header(&hit, DESTINATION), None, "{name}: routed");
         assert_eq!(
             epp_count(&stack, outcome),
@@ -150,11 +158,12 @@ fn fail_open_cases(mode: EppBodyMode) {
         );
     }
     // And a body it can route is routed, in the same mode.
+    let hits = hit_counts(&stack);
     let r = stack
         .send("POST", chat, &[], &chat_body("route me"))
         .expect("routed");
     assert_eq!(r.status, 200);
-    let (served_by, hit) = last_hit(&stack, chat);
+    let (served_by, hit) = new_hit(&stack, &hits);
     let named = header(&hit, DESTINATION).expect("routed request carries the header");
     let addr = stack
         .backends
@@ -186,6 +195,7 @@ fn a_picker_that_stops_answering_costs_at_most_the_message_timeout() {
     assert!(stack.signal_indexer(libc::SIGSTOP));
     let mut worst = Duration::ZERO;
     for i in 0..4 {
+        let hits = hit_counts(&stack);
         let started = Instant::now();
         let r = stack.send(
             "POST",
@@ -197,7 +207,7 @@ fn a_picker_that_stops_answering_costs_at_most_the_message_timeout() {
         worst = worst.max(took);
         let r = r.expect("served");
         assert_eq!(r.status, 200, "{}", stack.logs());
-        let (_, hit) = last_hit(&stack, "/v1/chat/completions");
+        let (_, hit) = new_hit(&stack, &hits);
         assert_eq!(header(&hit, DESTINATION), None);
     }
     stack.signal_indexer(libc::SIGCONT);
