@@ -327,10 +327,13 @@ mod tests {
         ProtocolConfiguration,
     };
 
+    /// A pick as called: path, body, subset.
+    type PickCall = (String, Vec<u8>, Option<Vec<String>>);
+
     /// Records calls; routes any body containing "route" to two endpoints.
     #[derive(Default)]
     struct Recorder {
-        picks: RefCell<Vec<(String, Vec<u8>, Option<Vec<String>>)>>,
+        picks: RefCell<Vec<PickCall>>,
         completed: RefCell<Vec<u64>>,
     }
 
@@ -342,7 +345,7 @@ mod tests {
                 subset.map(<[String]>::to_vec),
             ));
             match subset {
-                Some(s) if s.is_empty() => Pick::NoEligible,
+                Some([]) => Pick::NoEligible,
                 _ if body.windows(5).any(|w| w == b"route") => Pick::Routed {
                     endpoints: vec!["10.0.0.1:8000".into(), "10.0.0.2:8000".into()],
                     ticket: 7,

@@ -81,12 +81,15 @@ fn chat_body(content: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Name, path, body, extra request headers, the outcome the picker must count.
+type Case<'a> = (&'a str, &'a str, Vec<u8>, Vec<(&'a str, &'a str)>, &'a str);
+
 fn fail_open_cases(mode: EppBodyMode) {
     let stack = stack(mode);
     let chat = "/v1/chat/completions";
     let spoof = stack.backends[2].addr.to_string();
     let big = "lorem ipsum dolor sit amet ".repeat(BUFFER_LIMIT / 20);
-    let cases: Vec<(&str, &str, Vec<u8>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed",
             chat,
