@@ -6,6 +6,7 @@
 //! N backends, and an indexer" that tests and benchmarks share.
 
 pub mod backend;
+pub mod bench_requests;
 pub mod envoy;
 pub mod http;
 pub mod kv_engine;

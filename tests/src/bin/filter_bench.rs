@@ -15,85 +15,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kvroute_tests::http::{self, Response};
+use kvroute_tests::bench_requests::{chat, contexts_and_questions, percentile, post};
 use kvroute_tests::paths;
 use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use kvroute_tests::stack::{IndexerSpec, Stack};
 
-const WORDS: &[&str] = &[
-    "account",
-    "balance",
-    "customer",
-    "invoice",
-    "shipment",
-    "warehouse",
-    "policy",
-    "refund",
-    "order",
-    "support",
-    "the",
-    "a",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "for",
-    "with",
-    "on",
-    "that",
-    "by",
-    "this",
-    "from",
-    "at",
-    "as",
-    "network",
-    "latency",
-    "cluster",
-    "replica",
-    "memory",
-    "cache",
-    "prefix",
-    "token",
-    "model",
-    "request",
-    "quarterly",
-    "report",
-    "revenue",
-    "growth",
-    "margin",
-    "forecast",
-    "region",
-    "market",
-    "product",
-    "team",
-    "résumé",
-    "naïve",
-    "café",
-    "北京",
-    "東京",
-    "データ",
-    "模型",
-    "缓存",
-    "Zürich",
-    "São",
-    "Paulo",
-    "≤",
-    "→",
-    "function",
-    "return",
-    "value",
-    "error",
-    "string",
-    "number",
-    "list",
-    "map",
-    "key",
-    "index",
-    "table",
-];
 
 struct Args {
     requests: usize,
@@ -122,57 +48,9 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Text of about `tokens` Qwen3 tokens, different for every seed.
-fn text(tok: &tokenizers::Tokenizer, seed: u64, tokens: usize) -> anyhow::Result<String> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut words: Vec<String> = Vec::new();
-    let count = |w: &[String]| -> anyhow::Result<usize> {
-        Ok(tok
-            .encode(w.join(" "), false)
-            .map_err(anyhow::Error::msg)?
-            .len())
-    };
-    while count(&words)? < tokens {
-        for _ in 0..200 {
-            let w = WORDS[rng.random_range(0..WORDS.len())];
-            words.push(if rng.random_bool(0.1) {
-                format!("{w}{}", rng.random_range(0..10_000))
-            } else {
-                w.to_string()
-            });
-        }
-    }
-    while words.len() > 1 && count(&words)? > tokens {
-        words.pop();
-    }
-    Ok(words.join(" "))
-}
 
-fn chat(context: &str, question: &str) -> Vec<u8> {
-    serde_json::json!({
-        "model": QWEN3_MODEL, "max_tokens": 16,
-        "messages": [
-            {"role": "system", "content": context},
-            {"role": "user", "content": question},
-        ],
-    })
-    .to_string()
-    .into_bytes()
-}
 
-fn post(addr: SocketAddr, body: &[u8]) -> anyhow::Result<Response> {
-    let r = http::post_json(addr, "/v1/chat/completions", body)?;
-    if r.status != 200 {
-        bail!("status {}: {}", r.status, String::from_utf8_lossy(&r.body));
-    }
-    Ok(r)
-}
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples.get(i).copied().unwrap_or(f64::NAN)
-}
 
 struct Phase {
     name: &'static str,
@@ -212,16 +90,9 @@ fn main() -> anyhow::Result<()> {
     let tok =
         tokenizers::Tokenizer::from_file(paths::tokenizers_dir().join("qwen3/tokenizer.json"))
             .map_err(anyhow::Error::msg)?;
-    // contexts[0]: the warm phase's shared context; [1..=n]: one per cold request;
-    // [n + 1]: warm-up. Questions likewise.
     let n = args.requests;
     eprintln!("[bench] building {} contexts and questions", n + 2);
-    let contexts: Vec<String> = (0..n as u64 + 2)
-        .map(|i| text(&tok, 1000 + i, 6000))
-        .collect::<Result<_, _>>()?;
-    let questions: Vec<String> = (0..n as u64 + 2)
-        .map(|i| text(&tok, 9000 + i, 1200))
-        .collect::<Result<_, _>>()?;
+    let (contexts, questions) = contexts_and_questions(&tok, n)?;
     let sample = chat(&contexts[0], &questions[0]);
     let sample_tokens = tok
         .encode(format!("{}\n{}", contexts[0], questions[0]), false)
