@@ -36,8 +36,7 @@ impl Deployment {
         }
         if let Ok(text) = self.stack.envoy.prometheus() {
             for line in text.lines() {
-                if line.starts_with("envoy_wasmcustom_kvroute_routed")
-                    || line.starts_with("envoy_wasmcustom_kvroute_fail_open")
+                if line.starts_with(FILTER_ROUTED) || line.starts_with(FILTER_FAIL_OPEN) {
                 {
                     if let Some((k, v)) = line.rsplit_once(' ') {
                         out.push((k.to_string(), v.parse().unwrap_or(0.0)));
@@ -82,8 +81,8 @@ impl Deployment {
             engine_dilation: dilation
                 / self.stack.pods.len().max(1) as f64
                 / wall_seconds.max(1e-9),
-            filter_routed: sum("envoy_wasmcustom_kvroute_routed"),
-            filter_fail_open: sum("envoy_wasmcustom_kvroute_fail_open"),
+            filter_routed: sum(FILTER_ROUTED),
+            filter_fail_open: sum(FILTER_FAIL_OPEN),
         }
     }
 
@@ -94,6 +93,12 @@ impl Deployment {
         }
     }
 }
+
+/// The filter's counters as Envoy's Prometheus output names them: stats of the wasm
+/// `wasmcustom` namespace appear without Envoy's `envoy_` prefix and the namespace.
+const FILTER_ROUTED: &str = "kvroute_routed";
+/// Prefix of the filter's fail-open counters, one per reason (`kvroute_fail_open_timeout`).
+const FILTER_FAIL_OPEN: &str = "kvroute_fail_open";
 
 /// The simulated engine's counter of wall seconds its clock fell behind for good.
 const ENGINE_DILATION_METRIC: &str = "kvroute_sim_dilation_seconds_total";
@@ -151,6 +156,7 @@ pub fn start(plan: &Plan, policy: Policy) -> anyhow::Result<Deployment> {
                 .plugin(serde_json::json!({
                     "tokenize_in": plan.tokenize_in,
                     "debug_headers": false,
+                    "call_timeout_ms": plan.filter_call_timeout_ms,
                 }))
         }
         Some(Kind::Envoy(lb)) => builder.without_filter().pods_lb_policy(lb),

@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         time_scale: plan.time_scale,
         envoy_concurrency: plan.envoy_concurrency,
         tokenize_in: plan.tokenize_in.clone(),
+        filter_call_timeout_ms: plan.filter_call_timeout_ms,
         live,
         model_same,
         sweeps,

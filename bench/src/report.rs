@@ -62,6 +62,9 @@ pub struct Results {
     pub time_scale: f64,
     pub envoy_concurrency: usize,
     pub tokenize_in: String,
+    /// 0 in results written before the benchmark set it (the filter's default, 50 ms).
+    #[serde(default)]
+    pub filter_call_timeout_ms: u64,
     pub live: Vec<PolicyRun>,
     /// The fleet model on exactly the live run's schedule.
     pub model_same: Vec<PolicyRun>,
@@ -316,7 +319,7 @@ impl Results {
              ~{}-token system prompts, ~{}-token questions, output lengths exponential with \
              mean {} (capped by --max-model-len {}), seed {}; QPS steps {} ({} s of engine \
              time each{}); engine time scale {}x; Envoy --concurrency {}; filter tokenize_in \
-             `{}`. Wall time {:.0} s.\n",
+             `{}`, call_timeout_ms {}. Wall time {:.0} s.\n",
             self.mode,
             self.engines,
             self.kv_capacity_tokens,
@@ -342,6 +345,7 @@ impl Results {
             self.time_scale,
             self.envoy_concurrency,
             self.tokenize_in,
+            self.filter_call_timeout_ms,
             self.total_wall_seconds,
         );
         if !self.live.is_empty() {
