@@ -37,7 +37,6 @@ impl Deployment {
         if let Ok(text) = self.stack.envoy.prometheus() {
             for line in text.lines() {
                 if line.starts_with(FILTER_ROUTED) || line.starts_with(FILTER_FAIL_OPEN) {
-                {
                     if let Some((k, v)) = line.rsplit_once(' ') {
                         out.push((k.to_string(), v.parse().unwrap_or(0.0)));
                     }
