@@ -20,7 +20,6 @@ use kvroute_tests::paths;
 use kvroute_tests::scripted_indexer::RouteScript;
 use kvroute_tests::stack::{IndexerSpec, Stack};
 
-
 struct Args {
     requests: usize,
     indexer_addr: Option<SocketAddr>,
@@ -47,10 +46,6 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     Ok(a)
 }
-
-
-
-
 
 struct Phase {
     name: &'static str,

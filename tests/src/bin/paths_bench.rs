@@ -27,10 +27,6 @@ fn requests_arg() -> anyhow::Result<usize> {
     Ok(n)
 }
 
-
-
-
-
 /// Clock ticks of user + system time a process has used.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
