@@ -131,10 +131,7 @@ fn eight_backends_twenty_prefixes_follow_their_prefix_through_the_picker() {
         .backends(8)
         .qwen3()
         .kv_engines()
-        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[
-            "--provisional-ttl-ms",
-            "1",
-        ])))
+        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])))
         .epp(EppOptions::default())
         .start()
         .expect("stack");
