@@ -514,7 +514,7 @@ impl StackBuilder {
                     let mut more = ports.clone();
                     more.http = SocketAddr::new(ports.http.ip(), free_port()?);
                     let log = dir.join(format!("indexer-{i}.log"));
-                    let replica = start_indexer(&args(&more), more.http, log)?;
+                    let replica = start_indexer(&args(&more), more.http, None, log)?;
                     replicas.push((reachable(more.http), replica));
                 }
                 reachable(ports.http)
