@@ -909,6 +909,34 @@ impl Stack {
         }
     }
 
+    /// Waits (up to 5 s) until the indexer has learned blocks of `engine` (`ip:port`) from
+    /// its KV events, so a follow-up request can find them; false if it has not.
+    pub fn wait_for_blocks(&self, engine: &str) -> bool {
+        wait_until(Duration::from_secs(5), || {
+            http::send(self.indexer_addr, "GET", "/v1/pods", &[], b"")
+                .and_then(|r| r.json())
+                .is_ok_and(|pods| {
+                    pods["pods"].as_array().is_some_and(|all| {
+                        all.iter()
+                            .any(|p| p["endpoint"] == engine && p["gpu_blocks"].as_u64() > Some(0))
+                    })
+                })
+        })
+    }
+
+    /// One series of the indexer's /metrics as Prometheus prints it (`name{labels}`), 0 when
+    /// it is absent.
+    pub fn indexer_metric(&self, series: &str) -> anyhow::Result<u64> {
+        let r = http::send(self.indexer_addr, "GET", "/metrics", &[], b"")?;
+        let text = String::from_utf8_lossy(&r.body);
+        let prefix = format!("{series} ");
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Logs of every process, for assertion messages.
     pub fn logs(&self) -> String {
         let mut out = self.envoy.log_tail();

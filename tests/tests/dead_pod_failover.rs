@@ -5,27 +5,10 @@
 //! leaves the dead pod: `kvroute_pods`' override_host policy takes the next listed pod, then
 //! its fallback balancer, never a host already tried.
 
-use std::time::Duration;
-
-use kvroute_tests::http;
-use kvroute_tests::process::wait_until;
 use kvroute_tests::sim_engine::seed_request;
 use kvroute_tests::stack::{
     kvroute_serve, EppOptions, IndexerSpec, KvWiring, SimEngineOptions, Stack,
 };
-
-fn wait_for_blocks(stack: &Stack, engine: &str) -> bool {
-    wait_until(Duration::from_secs(5), || {
-        http::send(stack.indexer_addr, "GET", "/v1/pods", &[], b"")
-            .and_then(|r| r.json())
-            .is_ok_and(|pods| {
-                pods["pods"].as_array().is_some_and(|all| {
-                    all.iter()
-                        .any(|p| p["endpoint"] == engine && p["gpu_blocks"].as_u64() > Some(0))
-                })
-            })
-    })
-}
 
 fn dead_pod_costs_no_request(epp: bool) {
     let mut sim = SimEngineOptions::new(3);
@@ -45,7 +28,7 @@ fn dead_pod_costs_no_request(epp: bool) {
         .expect("round1");
     assert_eq!(r1.status, 200, "{}", stack.logs());
     let first = Stack::served_by(&r1).expect("served");
-    assert!(wait_for_blocks(&stack, &first), "{}", stack.logs());
+    assert!(stack.wait_for_blocks(&first), "{}", stack.logs());
     let dead = stack
         .pods
         .iter()

@@ -8,21 +8,19 @@
 use std::time::{Duration, Instant};
 
 use kvroute_tests::envoy::EppBodyMode;
-use kvroute_tests::http;
 use kvroute_tests::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack, QWEN3_MODEL};
 
 const DESTINATION: &str = "x-gateway-destination-endpoint";
 /// Envoy's buffer limit on the picker path in this test.
 const BUFFER_LIMIT: usize = 64 << 10;
 
+/// `kvroute_epp_requests_total{reason="<outcome>"}` from the indexer's /metrics.
 fn epp_count(stack: &Stack, outcome: &str) -> u64 {
-    let r = http::send(stack.indexer_addr, "GET", "/metrics", &[], b"").expect("metrics");
-    let text = String::from_utf8_lossy(&r.body);
-    let prefix = format!("kvroute_epp_requests_total{{reason=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    stack
+        .indexer_metric(&format!(
+            "kvroute_epp_requests_total{{reason=\"{outcome}\"}}"
+        ))
+        .expect("metrics")
 }
 
 /// In full-duplex mode Envoy buffers nothing: the picker's own limit decides.

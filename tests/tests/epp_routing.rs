@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kvroute_tests::http;
-use kvroute_tests::process::wait_until;
 use kvroute_tests::prompts::customer_handbook;
 use kvroute_tests::sim_engine::{cached_tokens, seed_request, seed_requests, sse_events};
 use kvroute_tests::stack::{
@@ -19,28 +18,12 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 /// `kvroute_epp_requests_total{reason="<outcome>"}` from the indexer's /metrics.
-pub fn epp_count(stack: &Stack, outcome: &str) -> u64 {
-    let r = http::send(stack.indexer_addr, "GET", "/metrics", &[], b"").expect("metrics");
-    let text = String::from_utf8_lossy(&r.body);
-    let prefix = format!("kvroute_epp_requests_total{{reason=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The engine the indexer learned blocks for, waited on so round2 sees round1's events.
-fn wait_for_blocks(stack: &Stack, engine: &str) -> bool {
-    wait_until(Duration::from_secs(5), || {
-        http::send(stack.indexer_addr, "GET", "/v1/pods", &[], b"")
-            .and_then(|r| r.json())
-            .is_ok_and(|pods| {
-                pods["pods"].as_array().is_some_and(|all| {
-                    all.iter()
-                        .any(|p| p["endpoint"] == engine && p["gpu_blocks"].as_u64() > Some(0))
-                })
-            })
-    })
+fn epp_count(stack: &Stack, outcome: &str) -> u64 {
+    stack
+        .indexer_metric(&format!(
+            "kvroute_epp_requests_total{{reason=\"{outcome}\"}}"
+        ))
+        .expect("metrics")
 }
 
 #[test]
@@ -64,7 +47,7 @@ fn seed_round2_follows_round1_through_the_picker_with_vllms_cached_tokens() {
     assert_eq!(r1.status, 200, "{}", stack.logs());
     let first = Stack::served_by(&r1).expect("served");
     assert_eq!(cached_tokens(&r1.json().unwrap()), Some(0));
-    assert!(wait_for_blocks(&stack, &first), "{}", stack.logs());
+    assert!(stack.wait_for_blocks(&first), "{}", stack.logs());
 
     let r2 = stack
         .chat(&seed_request("round2").unwrap())

@@ -7,7 +7,6 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -239,20 +238,6 @@ fn send_example(stack: &Stack, entry: &Value) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Waits (up to 5 s) until the indexer has learned `engine`'s blocks from its KV events.
-fn wait_for_blocks(stack: &Stack, engine: &str) {
-    kvroute_tests::process::wait_until(Duration::from_secs(5), || {
-        http::send(stack.indexer_addr, "GET", "/v1/pods", &[], b"")
-            .and_then(|r| r.json())
-            .is_ok_and(|pods| {
-                pods["pods"].as_array().is_some_and(|all| {
-                    all.iter()
-                        .any(|p| p["endpoint"] == engine && p["gpu_blocks"].as_u64() > Some(0))
-                })
-            })
-    });
-}
-
 /// `epp`: the picker path, whose answers carry no debug headers (the filter's do).
 fn print_outcome(o: &Outcome, epp: bool) {
     let show = |v: Option<u64>| v.map_or("n/a".to_string(), |n| n.to_string());
@@ -333,7 +318,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let outcome = send_example(&stack, entry)?;
         print_outcome(&outcome, args.epp);
         if let Some(engine) = outcome.engine() {
-            wait_for_blocks(&stack, engine);
+            stack.wait_for_blocks(engine);
         }
         outcomes.push(outcome);
     }
