@@ -171,10 +171,19 @@ pub async fn serve(
         protocol = crate::protocol::PROTOCOL_VERSION,
         "kvroute endpoint picker up"
     );
+    // Every answer is a few small HTTP/2 frames: without TCP_NODELAY, Nagle's algorithm
+    // holds them until the gateway's delayed ACK (~40 ms a request, measured by
+    // scripts/bench_paths.sh). tonic sets it only on listeners it binds itself.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ExternalProcessorServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.changed().await;
         })
         .await?;

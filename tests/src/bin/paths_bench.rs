@@ -10,7 +10,6 @@
 
 use anyhow::{bail, Context};
 use kvroute_tests::bench_requests::{chat, contexts_and_questions, percentile, post};
-use kvroute_tests::http;
 use kvroute_tests::paths;
 use kvroute_tests::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack};
 
@@ -77,9 +76,12 @@ impl Path {
 }
 
 fn routed_stack(epp: bool) -> anyhow::Result<Stack> {
+    // Engines that publish KV events, as vLLM does: the indexer knows them, checks their
+    // health and routes on what they cache.
     let mut b = Stack::builder()
         .backends(3)
         .qwen3()
+        .kv_engines()
         .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])));
     if epp {
         b = b.epp(EppOptions::default());
@@ -88,13 +90,8 @@ fn routed_stack(epp: bool) -> anyhow::Result<Stack> {
 }
 
 fn epp_routed(stack: &Stack) -> u64 {
-    let Ok(r) = http::send(stack.indexer_addr, "GET", "/metrics", &[], b"") else {
-        return 0;
-    };
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find_map(|l| l.strip_prefix("kvroute_epp_requests_total{reason=\"routed\"} "))
-        .and_then(|v| v.trim().parse().ok())
+    stack
+        .indexer_metric("kvroute_epp_requests_total{reason=\"routed\"}")
         .unwrap_or(0)
 }
 
