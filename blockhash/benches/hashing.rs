@@ -45,6 +45,8 @@ fn bench_hashing(c: &mut Criterion) {
             HashScheme::Sha256Cbor,
             HashScheme::Sha256Cbor64Bit,
             HashScheme::XxhashCbor,
+            HashScheme::Sha256,
+            HashScheme::Xxhash,
         ] {
             let hasher = BlockHasher::new(HashConfig {
                 scheme,
