@@ -30,6 +30,8 @@ import kubernetes_validate
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The Envoy template the suite runs for real: its failover is the overlays' reference.
+LOCAL_TEMPLATE = ROOT / "envoy" / "kvroute.yaml.tmpl"
 K8S = ROOT / "k8s"
 SCHEMAS = K8S / "schemas"
 NOT_MANIFESTS = {"kustomization.yaml"}
@@ -423,6 +425,63 @@ def check_indexer_reachable(name, docs, bootstrap, errors):
         errors.append(f"{name}: the filter calls {addr}:{port} but the overlay has no Service {service} with that port")
 
 
+PICK_STATE = "envoy.network.transport_socket.original_dst_address"
+PICK_HEADER = "x-gateway-destination-endpoint"
+
+
+def local_template_failover():
+    """The picked route's retry policy in envoy/kvroute.yaml.tmpl: the one
+    tests/tests/dead_pod_failover.rs proves against a SIGKILLed engine in the real Envoy."""
+    lines = LOCAL_TEMPLATE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "retry_policy: &connect_retry")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = []
+    for line in lines[start + 1:]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        block.append(line)
+    return yaml.safe_load("\n".join(block))
+
+
+def check_picked_failover(name, docs, bootstrap, errors):
+    """The route for requests the filter picked a pod for keeps the local template's
+    failover: the pods' cluster balanced by override_host on the GIE header (filled from
+    the filter's state), and connection failures retried on another pod, so a dead pod
+    the index still lists costs no request."""
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = [r for vh in hcm["typed_config"]["route_config"]["virtual_hosts"] for r in vh["routes"]]
+    picked = [r for r in routes if any(f.get("key") == PICK_STATE for f in r["match"].get("filter_state", []))]
+    if len(picked) != 1:
+        errors.append(f"{name}: {len(picked)} routes match the filter's pick (want 1)")
+        return
+    route = picked[0]
+    if route["route"].get("retry_policy") != local_template_failover():
+        errors.append(f"{name}: the picked route's retry_policy is not envoy/kvroute.yaml.tmpl's "
+                      f"(connect-failure retries on another host): {route['route'].get('retry_policy')}")
+    header = [h["header"] for h in route.get("request_headers_to_add", [])
+              if h["header"]["key"] == PICK_HEADER]
+    if not header or f"%FILTER_STATE({PICK_STATE}:PLAIN)%" != header[0]["value"]:
+        errors.append(f"{name}: the picked route does not set {PICK_HEADER} from the filter state")
+    cluster = clusters.get(route["route"].get("cluster"))
+    if cluster is None:
+        errors.append(f"{name}: the picked route's cluster {route['route'].get('cluster')!r} is no cluster")
+        return
+    policies = cluster.get("load_balancing_policy", {}).get("policies", [])
+    ext = policies[0]["typed_extension_config"] if policies else {}
+    sources = ext.get("typed_config", {}).get("override_host_sources", [])
+    if ext.get("name") != "envoy.load_balancing_policies.override_host" or \
+            {"header": PICK_HEADER} not in sources:
+        errors.append(f"{name}: cluster {cluster['name']} does not balance by override_host on {PICK_HEADER}")
+    sock = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    service = sock["address"].split(".")[0]
+    pods = [s for s in find(docs, "Service") if s["metadata"]["name"] == service]
+    if not pods or pods[0]["spec"].get("clusterIP") != "None" or \
+            not any(p["port"] == sock["port_value"] for p in pods[0]["spec"]["ports"]):
+        errors.append(f"{name}: cluster {cluster['name']} resolves {sock['address']}:{sock['port_value']}, "
+                      "not a headless Service of the pods with that port (override_host needs every pod as a host)")
+
+
 def container_port(container, port):
     """A Service targetPort (number or name) resolved against a container's ports."""
     for p in container.get("ports", []):
@@ -575,6 +634,7 @@ def main():
             else:
                 continue
             check_indexer_reachable(name, rendered, configs[name], errors)
+            check_picked_failover(name, rendered, configs[name], errors)
         for name, cfg in configs.items():
             path = out / f"{name}.envoy.json"
             path.write_text(json.dumps(cfg, indent=1))

@@ -70,7 +70,7 @@ fn every_manifest_and_both_envoy_attachments_validate() {
 /// port nothing serves are each reported.
 #[test]
 fn broken_manifests_are_refused() {
-    let cases: [(&str, &str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str, &str); 10] = [
         (
             "base/indexer.yaml",
             "readinessProbe:",
@@ -79,9 +79,23 @@ fn broken_manifests_are_refused() {
         ),
         (
             "overlays/envoy-gateway/patch-policy.yaml",
-            "route: {cluster: kvroute_picked, timeout: 0s}",
-            "route: {cluster: kvroute_picked, timeout: 0s, retry_policy: {num_retries: -1}}",
+            "dns_refresh_rate: 1s",
+            "dns_refresh_rate: -1s",
             "envoy --mode validate failed",
+        ),
+        // A dead picked pod would cost its request: the failover the suite proves on the
+        // local template (dead_pod_failover) is required in the overlays too.
+        (
+            "overlays/istio/envoyfilter.yaml",
+            "retry_on: connect-failure,reset-before-request",
+            "retry_on: 5xx",
+            "the picked route's retry_policy is not envoy/kvroute.yaml.tmpl's",
+        ),
+        (
+            "overlays/envoy-gateway/patch-policy.yaml",
+            "header: x-gateway-destination-endpoint\n",
+            "header: x-picked\n",
+            "does not balance by override_host on x-gateway-destination-endpoint",
         ),
         (
             "overlays/istio/kustomization.yaml",
