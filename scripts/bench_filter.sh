@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 export KVROUTE_TOKENIZERS="${KVROUTE_TOKENIZERS:-$PWD/testdata/tokenizers}"
 export KVROUTE_ENVOY_LOG_LEVEL="${KVROUTE_ENVOY_LOG_LEVEL:-warning}"
 bash scripts/build_filter.sh
-cargo build -q --release -p kvroute-tests --bin kvroute-filter-bench
+cargo build -q --release -p kvroute-harness --bin kvroute-filter-bench
 echo "Machine: $(nproc) cores, $(uname -m), Envoy $(.bin/envoy --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -1), filter $(stat -c %s target/kvroute_filter.wasm) bytes"
 echo
 target/release/kvroute-filter-bench "$@"

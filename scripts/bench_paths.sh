@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export KVROUTE_TOKENIZERS="${KVROUTE_TOKENIZERS:-$PWD/testdata/tokenizers}"
 export KVROUTE_ENVOY_LOG_LEVEL="${KVROUTE_ENVOY_LOG_LEVEL:-warning}"
 bash scripts/build_filter.sh
-cargo build -q --release -p kvroute -p kvroute-tests --bin kvroute --bin kvroute-paths-bench
+cargo build -q --release -p kvroute -p kvroute-harness --bin kvroute --bin kvroute-paths-bench
 echo "Machine: $(nproc) cores, $(uname -m), Envoy $(.bin/envoy --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 KVROUTE_BIN="$PWD/target/release/kvroute" target/release/kvroute-paths-bench "$@"

@@ -23,5 +23,5 @@ echo "[demo] setting up (log: target/demo_setup.log)" >&2
 bash scripts/setup.sh >target/demo_setup.log 2>&1 || { tail -20 target/demo_setup.log; exit 1; }
 echo "[demo] building kvroute, kvroute-engine-sim and local-stack (the filter on start, unless --filter)" >&2
 cargo build -q -p kvroute -p kvroute-engine-sim
-cargo build -q -p kvroute-tests --bin local-stack
+cargo build -q -p kvroute-harness --bin local-stack
 exec target/debug/local-stack "$@"

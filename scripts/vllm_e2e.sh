@@ -19,7 +19,7 @@ if [ ! -x "$ROOT/venv/bin/vllm" ]; then
 fi
 echo "[vllm-e2e] building kvroute, local-stack and the filter" >&2
 cargo build -q -p kvroute --bin kvroute
-cargo build -q -p kvroute-tests --bin local-stack
+cargo build -q -p kvroute-harness --bin local-stack
 wasm=$(bash scripts/build_filter.sh --print-path)
 python=python3
 if [ -x .venv/bin/python ]; then python=.venv/bin/python; fi

@@ -178,7 +178,7 @@ impl Args {
             .warmup_seconds
             .unwrap_or(if quick { 0.0 } else { FULL_WARMUP_SECONDS });
         let workload = WorkloadSpec {
-            model: kvroute_tests::stack::QWEN3_MODEL.to_string(),
+            model: kvroute_harness::stack::QWEN3_MODEL.to_string(),
             groups: self.groups.unwrap_or(if quick { 16 } else { 150 }),
             users_per_group: self.users_per_group.unwrap_or(5),
             system_tokens: self.system_tokens.unwrap_or(6_000),

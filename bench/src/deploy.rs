@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use kvroute_tests::stack::{
+use kvroute_harness::stack::{
     kvroute_serve, IndexerPorts, IndexerSpec, KvWiring, SimEngineOptions, Stack,
 };
 
@@ -44,7 +44,7 @@ impl Deployment {
             }
         }
         let indexer = self.stack.indexer_addr;
-        if let Ok(r) = kvroute_tests::http::send(indexer, "GET", "/metrics", &[], b"") {
+        if let Ok(r) = kvroute_harness::http::send(indexer, "GET", "/metrics", &[], b"") {
             for line in String::from_utf8_lossy(&r.body).lines() {
                 if line.starts_with("kvroute_route_decisions_total")
                     || line.starts_with("kvroute_route_matched_blocks")
@@ -63,7 +63,7 @@ impl Deployment {
     pub fn health(&self, routing: &[(String, f64)], wall_seconds: f64) -> LiveHealth {
         let mut dilation = 0.0;
         for e in &self.stack.pods {
-            if let Ok(r) = kvroute_tests::http::send(*e, "GET", "/metrics", &[], b"") {
+            if let Ok(r) = kvroute_harness::http::send(*e, "GET", "/metrics", &[], b"") {
                 let text = String::from_utf8_lossy(&r.body);
                 dilation += crate::scrape::gauge(&text, ENGINE_DILATION_METRIC).unwrap_or(0.0);
             }

@@ -41,10 +41,10 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(?paths, "redrawn");
         return Ok(());
     }
-    let plan = args.plan(&kvroute_tests::paths::repo_root());
+    let plan = args.plan(&kvroute_harness::paths::repo_root());
     tracing::info!(mode = plan.mode, out = %plan.out.display(), "kvroute-bench");
 
-    let encoder = workload::load_encoder(&kvroute_tests::paths::tokenizers_dir().join("qwen3"))
+    let encoder = workload::load_encoder(&kvroute_harness::paths::tokenizers_dir().join("qwen3"))
         .context("loading the Qwen3 tokenizer (scripts/setup.sh fetches it)")?;
     let hash = HashConfig::default();
     let workload = Arc::new(workload::Workload::build(

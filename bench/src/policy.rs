@@ -4,7 +4,7 @@
 //! `kvroute_engine_sim::fleet::Policy`, shared with the fleet model.
 
 pub use kvroute_engine_sim::fleet::Policy;
-use kvroute_tests::envoy::PodsLbPolicy;
+use kvroute_harness::envoy::PodsLbPolicy;
 
 pub enum Deployment {
     /// The filter and `kvroute serve` with these extra flags.

@@ -411,7 +411,7 @@ mod tests {
     use super::*;
 
     fn encoder() -> PromptEncoder {
-        load_encoder(&kvroute_tests::paths::tokenizers_dir().join("qwen3"))
+        load_encoder(&kvroute_harness::paths::tokenizers_dir().join("qwen3"))
             .expect("qwen3 tokenizer")
     }
 

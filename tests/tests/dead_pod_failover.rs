@@ -5,8 +5,8 @@
 //! leaves the dead pod: `kvroute_pods`' override_host policy takes the next listed pod, then
 //! its fallback balancer, never a host already tried.
 
-use kvroute_tests::sim_engine::seed_request;
-use kvroute_tests::stack::{
+use kvroute_harness::sim_engine::seed_request;
+use kvroute_harness::stack::{
     kvroute_serve, EppOptions, IndexerSpec, KvWiring, SimEngineOptions, Stack,
 };
 

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvroute_tests::http;
-use kvroute_tests::sim_engine::cached_tokens;
-use kvroute_tests::stack::{kvroute_serve, IndexerSpec, KvWiring, SimEngineOptions, Stack};
+use kvroute_harness::http;
+use kvroute_harness::sim_engine::cached_tokens;
+use kvroute_harness::stack::{kvroute_serve, IndexerSpec, KvWiring, SimEngineOptions, Stack};
 use serde_json::{json, Value};
 
 /// How soon the indexer must follow an engine's death or return: about a second (health

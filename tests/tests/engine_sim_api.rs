@@ -7,11 +7,11 @@
 use std::net::Ipv4Addr;
 
 use kvroute_blockhash::{Endpoint, HashConfig, Request, RequestExtras, RequestKeys};
-use kvroute_tests::http;
-use kvroute_tests::kv_engine::KvModel;
-use kvroute_tests::paths;
-use kvroute_tests::ports::free_port;
-use kvroute_tests::sim_engine::{
+use kvroute_harness::http;
+use kvroute_harness::kv_engine::KvModel;
+use kvroute_harness::paths;
+use kvroute_harness::ports::free_port;
+use kvroute_harness::sim_engine::{
     cached_tokens, seed_requests, sse_events, SimEngine, SimEngineArgs,
 };
 use serde_json::{json, Value};

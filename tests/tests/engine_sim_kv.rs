@@ -10,12 +10,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use kvroute_blockhash::{Endpoint, HashConfig, Request, RequestExtras, RequestKeys};
+use kvroute_harness::kv_engine::KvModel;
+use kvroute_harness::kvroute_serve::KvrouteServe;
+use kvroute_harness::paths;
+use kvroute_harness::ports::free_port;
+use kvroute_harness::sim_engine::{cached_tokens, KvLink, SimEngine, SimEngineArgs};
 use kvroute_kvevents::{decode_payload, KvEvent};
-use kvroute_tests::kv_engine::KvModel;
-use kvroute_tests::kvroute_serve::KvrouteServe;
-use kvroute_tests::paths;
-use kvroute_tests::ports::free_port;
-use kvroute_tests::sim_engine::{cached_tokens, KvLink, SimEngine, SimEngineArgs};
 use serde_json::{json, Value};
 
 fn qwen3_dir() -> String {
@@ -210,7 +210,7 @@ fn arrays_from_bound_engines_are_rekeyed_from_their_tokens_and_replayed() {
         })
         .collect();
     let indexer = KvrouteServe::start(&serve, &dir).unwrap();
-    let subscribed = kvroute_tests::process::wait_until(Duration::from_secs(10), || {
+    let subscribed = kvroute_harness::process::wait_until(Duration::from_secs(10), || {
         indexer
             .log_tail(1 << 20)
             .matches("subscribed to engine")
@@ -324,7 +324,7 @@ fn the_indexer_scrapes_running_requests_from_the_engine_metrics() {
     .unwrap();
     let addr = engine.addr;
     let client = std::thread::spawn(move || {
-        kvroute_tests::http::post_json(
+        kvroute_harness::http::post_json(
             addr,
             "/v1/completions",
             json!({"prompt": "count", "max_tokens": 150})
@@ -332,7 +332,7 @@ fn the_indexer_scrapes_running_requests_from_the_engine_metrics() {
                 .as_bytes(),
         )
     });
-    let running = kvroute_tests::process::wait_until(Duration::from_secs(5), || {
+    let running = kvroute_harness::process::wait_until(Duration::from_secs(5), || {
         indexer
             .pod(&engine.name)
             .ok()
@@ -341,7 +341,7 @@ fn the_indexer_scrapes_running_requests_from_the_engine_metrics() {
     });
     assert!(running, "{:?}", indexer.pod(&engine.name));
     assert_eq!(client.join().unwrap().unwrap().status, 200);
-    let idle = kvroute_tests::process::wait_until(Duration::from_secs(3), || {
+    let idle = kvroute_harness::process::wait_until(Duration::from_secs(3), || {
         indexer
             .pod(&engine.name)
             .ok()
@@ -395,7 +395,7 @@ fn bytes_hashes_route_and_a_prefix_cache_reset_clears_the_engine() {
     // vLLM's /reset_prefix_cache publishes AllBlocksCleared with its next step's events
     // (here another prompt's): the index forgets the engine's blocks, and the engine no
     // longer reuses them.
-    let reset = kvroute_tests::http::post_json(engine.addr, "/reset_prefix_cache", b"").unwrap();
+    let reset = kvroute_harness::http::post_json(engine.addr, "/reset_prefix_cache", b"").unwrap();
     assert_eq!(reset.json().unwrap()["cleared"], true);
     let other = chat("eta", 20);
     assert_eq!(

@@ -14,12 +14,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use kvroute_blockhash::{BlockHasher, HashConfig};
+use kvroute_harness::ports::free_port;
+use kvroute_harness::sim_engine::{seed_requests, KvLink, SimEngine, SimEngineArgs};
 use kvroute_kvevents::{
     decode_message, encode_payload, BlockRemoved, BlockStored, EngineHash, KvEvent, KvMessage,
     WireGeneration,
 };
-use kvroute_tests::ports::free_port;
-use kvroute_tests::sim_engine::{seed_requests, KvLink, SimEngine, SimEngineArgs};
 use serde_json::Value;
 use zeromq::{Socket, SocketRecv};
 
@@ -96,7 +96,7 @@ fn same_events_as(capture: &str) {
         } else {
             r["request"].clone()
         };
-        let answer = kvroute_tests::http::post_json(
+        let answer = kvroute_harness::http::post_json(
             engine.addr,
             path,
             if body.is_null() {

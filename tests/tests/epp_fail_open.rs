@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use kvroute_tests::envoy::EppBodyMode;
-use kvroute_tests::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::envoy::EppBodyMode;
+use kvroute_harness::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack, QWEN3_MODEL};
 
 const DESTINATION: &str = "x-gateway-destination-endpoint";
 /// Envoy's buffer limit on the picker path in this test.
@@ -50,7 +50,7 @@ fn hit_counts(stack: &Stack) -> Vec<usize> {
 }
 
 /// The one request received since `before` (counts), and which backend got it.
-fn new_hit(stack: &Stack, before: &[usize]) -> (String, kvroute_tests::backend::Hit) {
+fn new_hit(stack: &Stack, before: &[usize]) -> (String, kvroute_harness::backend::Hit) {
     let mut got = Vec::new();
     for (b, &n) in stack.backends.iter().zip(before) {
         for h in b.hits().into_iter().skip(n) {
@@ -65,7 +65,7 @@ fn new_hit(stack: &Stack, before: &[usize]) -> (String, kvroute_tests::backend::
     got.remove(0)
 }
 
-fn header<'a>(hit: &'a kvroute_tests::backend::Hit, name: &str) -> Option<&'a str> {
+fn header<'a>(hit: &'a kvroute_harness::backend::Hit, name: &str) -> Option<&'a str> {
     hit.headers
         .iter()
         .find(|(k, _)| k == name)
@@ -212,6 +212,6 @@ fn a_picker_that_stops_answering_costs_at_most_the_message_timeout() {
         assert_eq!(header(&hit, DESTINATION), None);
     }
     stack.signal_indexer(libc::SIGCONT);
-    let bound = kvroute_tests::envoy::EPP_MESSAGE_TIMEOUT + Duration::from_millis(300);
+    let bound = kvroute_harness::envoy::EPP_MESSAGE_TIMEOUT + Duration::from_millis(300);
     assert!(worst < bound, "a request took {worst:?} (bound {bound:?})");
 }

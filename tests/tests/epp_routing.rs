@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kvroute_tests::http;
-use kvroute_tests::prompts::customer_handbook;
-use kvroute_tests::sim_engine::{cached_tokens, seed_request, seed_requests, sse_events};
-use kvroute_tests::stack::{
+use kvroute_harness::http;
+use kvroute_harness::prompts::customer_handbook;
+use kvroute_harness::sim_engine::{cached_tokens, seed_request, seed_requests, sse_events};
+use kvroute_harness::stack::{
     kvroute_serve, EppOptions, IndexerSpec, KvWiring, SimEngineOptions, Stack, QWEN3_MODEL,
 };
 use rand::rngs::StdRng;

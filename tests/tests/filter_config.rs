@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use kvroute_tests::envoy::EnvoyConfig;
-use kvroute_tests::paths;
+use kvroute_harness::envoy::EnvoyConfig;
+use kvroute_harness::paths;
 
 fn template() -> String {
     std::fs::read_to_string(paths::envoy_template()).expect("template")

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use kvroute_tests::http::Connection;
-use kvroute_tests::process::wait_until;
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::http::Connection;
+use kvroute_harness::process::wait_until;
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 #[test]
 fn each_request_on_one_keep_alive_connection_goes_to_its_own_pod() {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 const CALL_TIMEOUT_MS: u64 = 50;
 

@@ -5,9 +5,9 @@
 
 use std::net::SocketAddr;
 
-use kvroute_tests::backend::Backend;
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::backend::Backend;
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 

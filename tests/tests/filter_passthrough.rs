@@ -3,8 +3,8 @@
 //! body, a streaming request. Each untouched or unroutable request takes the fallback
 //! route, and each fail-open reason is counted in the filter's metrics.
 
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 fn stack() -> Stack {
     Stack::builder()

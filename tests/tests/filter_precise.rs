@@ -4,8 +4,8 @@
 //! `PYTHONHASHSEED=42`, block size 64, a cache salt). The indexer here is the scripted
 //! stand-in, which records what it is asked.
 
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack};
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack};
 
 #[test]
 fn the_filter_sends_the_hashes_vllm_published() {

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kvroute_tests::paths;
-use kvroute_tests::prompts::customer_handbook as prefix;
-use kvroute_tests::stack::{kvroute_serve, IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::paths;
+use kvroute_harness::prompts::customer_handbook as prefix;
+use kvroute_harness::stack::{kvroute_serve, IndexerSpec, Stack, QWEN3_MODEL};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -30,7 +30,7 @@ fn capture(name: &str) -> serde_json::Value {
     body
 }
 
-fn matched(r: &kvroute_tests::http::Response) -> u64 {
+fn matched(r: &kvroute_harness::http::Response) -> u64 {
     r.header("x-kvroute-matched-blocks")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -84,7 +84,7 @@ fn seed_round2_follows_round1_and_the_killed_indexer_fails_open() {
     );
 }
 
-fn ask(stack: &Stack, customer: u64, question: &str) -> kvroute_tests::http::Response {
+fn ask(stack: &Stack, customer: u64, question: &str) -> kvroute_harness::http::Response {
     let body = serde_json::json!({
         "model": QWEN3_MODEL, "max_tokens": 16,
         "messages": [

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use kvroute_tests::process::wait_until;
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::process::wait_until;
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 const CONCURRENCY: usize = 2;
 

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use kvroute_tests::http;
-use kvroute_tests::process::wait_until;
-use kvroute_tests::stack::{kvroute_serve, IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::http;
+use kvroute_harness::process::wait_until;
+use kvroute_harness::stack::{kvroute_serve, IndexerSpec, Stack, QWEN3_MODEL};
 
 const ENGINES: usize = 100;
 

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvroute_tests::http;
-use kvroute_tests::process::wait_until;
-use kvroute_tests::stack::{
+use kvroute_harness::http;
+use kvroute_harness::process::wait_until;
+use kvroute_harness::stack::{
     kvroute_serve, IndexerSpec, KvWiring, SimEngineOptions, Stack, QWEN3_MODEL,
 };
 

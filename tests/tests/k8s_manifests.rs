@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvroute_tests::paths::{envoy_bin, repo_root};
+use kvroute_harness::paths::{envoy_bin, repo_root};
 use sha2::{Digest, Sha256};
 
 fn python() -> PathBuf {

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use kvroute_tests::ports::free_port;
-use kvroute_tests::sim_engine::seed_requests;
+use kvroute_harness::ports::free_port;
+use kvroute_harness::sim_engine::seed_requests;
 use serde_json::Value;
 
 #[test]

@@ -4,8 +4,8 @@
 //! seed's round2 still follows round1 through the real Envoy and filter, with the cached
 //! tokens real vLLM reported.
 
-use kvroute_tests::sim_engine::{cached_tokens, seed_requests};
-use kvroute_tests::stack::{kvroute_serve, IndexerSpec, KvWiring, SimEngineOptions, Stack};
+use kvroute_harness::sim_engine::{cached_tokens, seed_requests};
+use kvroute_harness::stack::{kvroute_serve, IndexerSpec, KvWiring, SimEngineOptions, Stack};
 
 #[test]
 fn bound_engines_speaking_arrays_route_round2_to_round1s_engine() {
@@ -29,8 +29,8 @@ fn bound_engines_speaking_arrays_route_round2_to_round1s_engine() {
     let first = Stack::served_by(&r1).unwrap();
     assert!(stack.pods.iter().any(|p| p.to_string() == first));
     // round1's blocks reach the index through the engine's bound socket, re-keyed.
-    let learned = kvroute_tests::process::wait_until(std::time::Duration::from_secs(5), || {
-        kvroute_tests::http::send(stack.indexer_addr, "GET", "/v1/pods", &[], b"")
+    let learned = kvroute_harness::process::wait_until(std::time::Duration::from_secs(5), || {
+        kvroute_harness::http::send(stack.indexer_addr, "GET", "/v1/pods", &[], b"")
             .and_then(|r| r.json())
             .is_ok_and(|p| {
                 p["pods"].as_array().is_some_and(|all| {

@@ -1,11 +1,11 @@
 //! Regenerates envoy/local.yaml from envoy/kvroute.yaml.tmpl, and envoy/local-epp.yaml
 //! from envoy/epp.yaml.tmpl, with the local defaults
-//! (`cargo run -p kvroute-tests --bin render-local-envoy`); a test keeps them in sync.
+//! (`cargo run -p kvroute-harness --bin render-local-envoy`); a test keeps them in sync.
 
-use kvroute_tests::envoy::EnvoyConfig;
+use kvroute_harness::envoy::EnvoyConfig;
 
 fn main() -> anyhow::Result<()> {
-    let root = kvroute_tests::paths::repo_root();
+    let root = kvroute_harness::paths::repo_root();
     for (config, file) in [
         (EnvoyConfig::local(), "envoy/local.yaml"),
         (EnvoyConfig::local_epp(), "envoy/local-epp.yaml"),

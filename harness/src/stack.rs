@@ -8,8 +8,8 @@
 //! engines the caller runs ([`StackBuilder::external_engines`], e.g. vLLM pods).
 //!
 //! ```no_run
-//! # use kvroute_tests::stack::{Stack, IndexerSpec};
-//! # use kvroute_tests::scripted_indexer::RouteScript;
+//! # use kvroute_harness::stack::{Stack, IndexerSpec};
+//! # use kvroute_harness::scripted_indexer::RouteScript;
 //! let stack = Stack::builder()
 //!     .backends(3)
 //!     .qwen3()

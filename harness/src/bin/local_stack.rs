@@ -10,10 +10,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use kvroute_tests::http;
-use kvroute_tests::paths;
-use kvroute_tests::sim_engine::{cached_tokens, seed_requests};
-use kvroute_tests::stack::{
+use kvroute_harness::http;
+use kvroute_harness::paths;
+use kvroute_harness::sim_engine::{cached_tokens, seed_requests};
+use kvroute_harness::stack::{
     kvroute_serve_defaults, EppOptions, ExternalEngine, IndexerSpec, KvWiring, SimEngineOptions,
     Stack,
 };

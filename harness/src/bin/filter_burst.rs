@@ -11,9 +11,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kvroute_tests::http;
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack, QWEN3_MODEL};
+use kvroute_harness::http;
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
 struct Variant {
     name: &'static str,

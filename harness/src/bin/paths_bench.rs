@@ -9,9 +9,9 @@
 //! `kvroute serve` spent during a phase (from /proc), divided by its requests.
 
 use anyhow::{bail, Context};
-use kvroute_tests::bench_requests::{chat, contexts_and_questions, percentile, post};
-use kvroute_tests::paths;
-use kvroute_tests::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack};
+use kvroute_harness::bench_requests::{chat, contexts_and_questions, percentile, post};
+use kvroute_harness::paths;
+use kvroute_harness::stack::{kvroute_serve, EppOptions, IndexerSpec, Stack};
 
 /// `--requests N` (default 30).
 fn requests_arg() -> anyhow::Result<usize> {

@@ -4,7 +4,7 @@
 //! real ZeroMQ, either connecting to the indexer's bound socket or binding their own.
 //!
 //! ```no_run
-//! # use kvroute_tests::sim_engine::{SimEngine, SimEngineArgs, KvLink};
+//! # use kvroute_harness::sim_engine::{SimEngine, SimEngineArgs, KvLink};
 //! let args = SimEngineArgs::qwen3([127, 0, 0, 2].into(), 18000)
 //!     .kv(KvLink::Connect("tcp://127.0.0.1:5557".into()))
 //!     .time_scale(20.0);

@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kvroute_tests::bench_requests::{chat, contexts_and_questions, percentile, post};
-use kvroute_tests::paths;
-use kvroute_tests::scripted_indexer::RouteScript;
-use kvroute_tests::stack::{IndexerSpec, Stack};
+use kvroute_harness::bench_requests::{chat, contexts_and_questions, percentile, post};
+use kvroute_harness::paths;
+use kvroute_harness::scripted_indexer::RouteScript;
+use kvroute_harness::stack::{IndexerSpec, Stack};
 
 struct Args {
     requests: usize,
