@@ -21,6 +21,16 @@
 //! engines still holding every key so far (a handful, or bitmap words when the first key
 //! is spilled), stopping when none is left.
 //!
+//! **Runs** make a repeated prefix cheap, as a radix tree's compressed edge does: a run is
+//! a copy of consecutive request keys (at least [`MIN_RUN`]) that all have the same inline
+//! holders, each of their cells naming it in its last holder word. A match that reaches a
+//! run's first key compares the request against the run's keys sequentially and applies
+//! the holders once, instead of one random cell access per key. Cells stay authoritative:
+//! any change to a key's holders first drops the run naming it, so a run never says more
+//! than its cells. Runs are built from what lookups walked (after the read lock, if the
+//! write lock is free at once), each key in at most one run, so they cost at most 8 bytes
+//! a key, and at most [`MAX_RUNS`] live at once (the oldest named is reused first).
+//!
 //! **Clears are proportional to the engine.** Each engine keeps the log of keys it
 //! stored, oldest first (removals leave stale entries, compacted when they outnumber the
 //! live ones), so a restart clear or a drop visits that engine's keys only, never the
@@ -59,6 +69,17 @@ const LOG_SLACK: usize = 1024;
 const PREFETCH_AHEAD: usize = 12;
 /// The table's smallest size; it grows past 3/4 full and shrinks below 1/8.
 const MIN_CELLS: usize = 64;
+/// Keys a run spans at least: shorter ones would save less than they cost to keep.
+#[cfg(not(test))]
+const MIN_RUN: usize = 8;
+/// (Tests build runs from short key ranges.)
+#[cfg(test)]
+const MIN_RUN: usize = 2;
+/// Runs alive at once: a run is named by a flag-less 14-bit word (1..=16,383) in the last
+/// holder word of its keys' cells.
+pub const MAX_RUNS: usize = (1 << 14) - 1;
+/// Both tier flags: a holder word has at least one, a run's name none.
+const W_FLAGS: u16 = W_GPU | W_LOWER;
 
 /// One index mutation, as ingestion produces them from KV events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +129,8 @@ pub trait PodIndex: Send + Sync {
     }
 }
 
-/// A key's holders: [`INLINE`] holder words packed at the front (0 = none), or
+/// A key's holders: up to [`INLINE`] holder words packed at the front (0 = none), the
+/// last word possibly naming the key's run instead (no tier flag, non-zero), or
 /// `[SPILLED, slab index in three words]`. All zero: an empty table cell.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Holders([u16; INLINE]);
@@ -138,15 +160,37 @@ impl Holders {
         self.0[0] == 0
     }
 
+    /// The inline holder words (none when spilled).
+    #[inline]
+    fn words(&self) -> &[u16] {
+        let n = self.0.iter().take_while(|&&w| w & W_FLAGS != 0).count();
+        &self.0[..n]
+    }
+
+    /// The run this key belongs to, if any.
+    #[inline]
+    fn run(&self) -> Option<usize> {
+        let w = self.0[INLINE - 1];
+        (self.0[0] != SPILLED && w != 0 && w & W_FLAGS == 0).then_some(usize::from(w))
+    }
+
+    /// The same holders, naming no run.
+    #[inline]
+    fn without_run(mut self) -> Self {
+        if self.run().is_some() {
+            self.0[INLINE - 1] = 0;
+        }
+        self
+    }
+
     /// Tiers of `slot` on this key (0: not held).
     #[inline]
     fn tiers(&self, slot: u32, wide: &[Wide]) -> u8 {
         match self.spilled() {
             Some(i) => wide[i].tiers(slot),
             None => self
-                .0
+                .words()
                 .iter()
-                .take_while(|&&w| w != 0)
                 .find(|&&w| u32::from(w & W_SLOT) == slot)
                 .map_or(0, |&w| word_tiers(w)),
         }
@@ -159,7 +203,7 @@ impl Holders {
             Some(i) => wide[i].word_bits(word),
             None => {
                 let (mut gpu, mut any) = (0, 0);
-                for &w in self.0.iter().take_while(|&&w| w != 0) {
+                for &w in self.words() {
                     let slot = usize::from(w & W_SLOT);
                     if slot / 64 == word {
                         let bit = 1u64 << (slot % 64);
@@ -388,7 +432,14 @@ impl Table {
 
     fn resize(&mut self, cells: usize) {
         let mut next = Table::with_cells(cells.max(MIN_CELLS), self.seed);
-        for c in self.cells.iter().filter(|c| !c.holders.is_empty()) {
+        for (j, c) in self.cells.iter().enumerate() {
+            // The new homes are random: ask for the ones ahead (as a lookup does).
+            if let Some(ahead) = self.cells.get(j + PREFETCH_AHEAD) {
+                next.prefetch(ahead.key);
+            }
+            if c.holders.is_empty() {
+                continue;
+            }
             let (i, _) = next.find(c.key);
             next.cells[i] = *c;
             next.len += 1;
@@ -419,7 +470,20 @@ struct Inner {
     by_pod: HashMap<PodId, u32>,
     /// (block, engine) entries: the sum of the engines' `held`.
     entries: usize,
+    /// Runs by name (index 0 unused: no run); a run is its keys, in request order.
+    runs: Vec<Option<Box<[u64]>>>,
+    /// Names of dropped runs, reused first.
+    run_free: Vec<usize>,
+    /// The next name to take back when all [`MAX_RUNS`] are alive.
+    run_evict: usize,
+    /// Keys lookups skipped through runs (tests: runs are used).
+    #[cfg(test)]
+    skipped: std::sync::atomic::AtomicUsize,
 }
+
+/// Keys of a request a lookup walked one by one with the same holders: where a run could
+/// be built (start, length).
+type RunCandidates = Vec<(usize, usize)>;
 
 /// The key -> holders table.
 pub struct BlockIndex {
@@ -440,6 +504,11 @@ impl BlockIndex {
                 free_slots: BinaryHeap::new(),
                 by_pod: HashMap::new(),
                 entries: 0,
+                runs: vec![None],
+                run_free: Vec::new(),
+                run_evict: 1,
+                #[cfg(test)]
+                skipped: Default::default(),
             }),
             max_entries: max_entries.max(1),
             refused: std::sync::atomic::AtomicU64::new(0),
@@ -449,6 +518,18 @@ impl BlockIndex {
     /// (block, engine) entries held, the unit of `max_entries`.
     pub fn pod_entries(&self) -> usize {
         read(&self.inner).entries
+    }
+
+    /// Runs alive and the keys they span (tests: runs are built and dropped).
+    #[cfg(test)]
+    fn read_runs(&self) -> (usize, usize, usize) {
+        let inner = read(&self.inner);
+        let live = inner.runs.iter().flatten();
+        (
+            live.clone().count(),
+            live.map(|r| r.len()).sum(),
+            inner.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Spilled holder sets alive (tests: they go back inline).
@@ -505,6 +586,15 @@ impl Inner {
     /// Adds tier `flag` of `slot` to `key`; returns the tiers it had before.
     fn add(&mut self, key: u64, slot: u32, flag: u8) -> u8 {
         let cell = self.table.claim(key);
+        let h = self.table.cells[cell].holders;
+        let old = h.tiers(slot, &self.wide);
+        if old & flag == flag {
+            return old;
+        }
+        // The holders change: the key's run would say more than its cell.
+        if let Some(r) = h.run() {
+            self.drop_run(r);
+        }
         let mut h = self.table.cells[cell].holders;
         if let Some(i) = h.spilled() {
             let wide = &mut self.wide[i];
@@ -512,7 +602,7 @@ impl Inner {
             wide.set(slot, old | flag);
             return old;
         }
-        let used = h.0.iter().take_while(|&&w| w != 0).count();
+        let used = h.words().len();
         if let Some(w) = h.0[..used]
             .iter_mut()
             .find(|w| u32::from(**w & W_SLOT) == slot)
@@ -548,6 +638,15 @@ impl Inner {
         let Some(&h) = self.table.get(key) else {
             return (0, 0);
         };
+        let old = h.tiers(slot, &self.wide);
+        if old & mask == 0 {
+            return (old, old);
+        }
+        // The holders change: the key's run would say more than its cell.
+        if let Some(r) = h.run() {
+            self.drop_run(r);
+        }
+        let h = h.without_run();
         let (old, next) = match h.spilled() {
             Some(i) => {
                 let wide = &mut self.wide[i];
@@ -566,7 +665,7 @@ impl Inner {
             }
             None => {
                 let mut h = h;
-                let used = h.0.iter().take_while(|&&w| w != 0).count();
+                let used = h.words().len();
                 let Some(at) = h.0[..used]
                     .iter()
                     .position(|&w| u32::from(w & W_SLOT) == slot)
@@ -620,7 +719,15 @@ impl Inner {
             Medium::Gpu => GPU,
             Medium::Cpu | Medium::Storage => LOWER,
         };
-        for &key in keys {
+        // Past the caches (a big fleet's table), each key's cell is a memory access: ask
+        // for the cells ahead so that they overlap instead of queueing.
+        for &k in keys.iter().take(PREFETCH_AHEAD) {
+            self.table.prefetch(k);
+        }
+        for (i, &key) in keys.iter().enumerate() {
+            if let Some(&ahead) = keys.get(i + PREFETCH_AHEAD) {
+                self.table.prefetch(ahead);
+            }
             let old = self.add(key, slot, flag);
             self.account(slot, key, old, old | flag);
         }
@@ -710,36 +817,89 @@ impl Inner {
         self.table.get(keys[i])
     }
 
-    /// Runs of each engine holding the first key, when it is held inline.
-    fn match_few(&self, first: &Holders, keys: &[u64]) -> Vec<(u32, usize, usize)> {
+    /// Runs of each engine holding the first key, when it is held inline. Where the walk
+    /// reaches a run's first key it skips the keys the request shares with the run (their
+    /// holders are the first's); stretches walked key by key with the same holders are
+    /// listed in `build`, where a run could go.
+    fn match_few(
+        &self,
+        first: &Holders,
+        keys: &[u64],
+        build: &mut RunCandidates,
+    ) -> Vec<(u32, usize, usize)> {
         const ALIVE: usize = usize::MAX;
         // (slot, gpu run, any-tier run); ALIVE while the run goes on.
         let mut runs: Vec<(u32, usize, usize)> = first
-            .0
+            .words()
             .iter()
-            .take_while(|&&w| w != 0)
             .map(|&w| {
                 let gpu = if w & W_GPU != 0 { ALIVE } else { 0 };
                 (u32::from(w & W_SLOT), gpu, ALIVE)
             })
             .collect();
         let mut alive = runs.len();
-        for i in 1..keys.len() {
-            let h = self.holders_at(keys, i);
-            for (slot, gpu, any) in runs.iter_mut().filter(|r| r.2 == ALIVE) {
-                let tiers = h.map_or(0, |h| h.tiers(*slot, &self.wide));
-                if tiers == 0 {
-                    *any = i;
-                    alive -= 1;
-                }
-                if tiers & GPU == 0 && *gpu == ALIVE {
-                    *gpu = i;
+        // The stretch walked key by key with the same holders (start, holders).
+        let mut stretch: Option<(usize, Holders)> = None;
+        let mut close = |stretch: &mut Option<(usize, Holders)>, end: usize| {
+            if let Some((start, _)) = stretch.take() {
+                if end - start >= MIN_RUN {
+                    build.push((start, end - start));
                 }
             }
-            if alive == 0 {
+        };
+        let (mut i, mut h) = (0, *first);
+        loop {
+            // `h` is key i's holders.
+            let span = match h.run() {
+                Some(r) => {
+                    close(&mut stretch, i);
+                    let span = self.run_span(r, &keys[i..]);
+                    #[cfg(test)]
+                    self.skipped
+                        .fetch_add(span - 1, std::sync::atomic::Ordering::Relaxed);
+                    span
+                }
+                None => {
+                    if !matches!(stretch, Some((_, s)) if s == h) {
+                        close(&mut stretch, i);
+                        if h.spilled().is_none() && h.words().len() < INLINE {
+                            stretch = Some((i, h));
+                        }
+                    }
+                    1
+                }
+            };
+            if i > 0 {
+                for (slot, gpu, any) in runs.iter_mut().filter(|r| r.2 == ALIVE) {
+                    let tiers = h.tiers(*slot, &self.wide);
+                    if tiers == 0 {
+                        *any = i;
+                        alive -= 1;
+                    }
+                    if tiers & GPU == 0 && *gpu == ALIVE {
+                        *gpu = i;
+                    }
+                }
+            }
+            i += span;
+            if alive == 0 || i >= keys.len() {
                 break;
             }
+            match self.holders_at(keys, i) {
+                Some(&next) => h = next,
+                None => {
+                    // Nobody holds key i: every run still going ends there.
+                    for (_, gpu, any) in runs.iter_mut().filter(|r| r.2 == ALIVE) {
+                        *any = i;
+                        if *gpu == ALIVE {
+                            *gpu = i;
+                        }
+                    }
+                    break;
+                }
+            }
         }
+        close(&mut stretch, i);
         for (_, gpu, any) in &mut runs {
             for run in [gpu, any] {
                 if *run == ALIVE {
@@ -748,6 +908,82 @@ impl Inner {
             }
         }
         runs
+    }
+
+    /// Keys of `rest` run `r` covers from its first key (1 when `rest` does not start it).
+    #[inline]
+    fn run_span(&self, r: usize, rest: &[u64]) -> usize {
+        match self.runs.get(r).and_then(Option::as_deref) {
+            Some(run) if run.first() == rest.first() => {
+                run.iter().zip(rest).take_while(|(a, b)| a == b).count()
+            }
+            _ => 1,
+        }
+    }
+
+    /// Builds runs over the stretches of `keys` a lookup listed, where they still hold:
+    /// every key present, inline, in no run, with the same holders and room for the name.
+    fn install_runs(&mut self, keys: &[u64], build: &RunCandidates) {
+        for &(start, len) in build {
+            let stretch = &keys[start..start + len];
+            let Some(&h) = self.table.get(stretch[0]) else {
+                continue;
+            };
+            if h.run().is_some() || h.spilled().is_some() || h.words().len() >= INLINE {
+                continue;
+            }
+            let n = stretch
+                .iter()
+                .take_while(|&&k| self.table.get(k) == Some(&h))
+                .count();
+            if n < MIN_RUN {
+                continue;
+            }
+            let r = self.alloc_run();
+            let mut taken = 0;
+            for &k in &stretch[..n] {
+                let Some(cell) = self.table.get_mut(k) else {
+                    break;
+                };
+                if cell.run().is_some() {
+                    break; // a key repeated in the request: each key in one run at most
+                }
+                cell.0[INLINE - 1] = r as u16;
+                taken += 1;
+            }
+            self.runs[r] = Some(stretch[..taken].into());
+        }
+    }
+
+    /// A free run name, taking back the next one round the names when all are alive.
+    fn alloc_run(&mut self) -> usize {
+        if let Some(r) = self.run_free.pop() {
+            return r;
+        }
+        if self.runs.len() <= MAX_RUNS {
+            self.runs.push(None);
+            return self.runs.len() - 1;
+        }
+        let r = self.run_evict;
+        self.run_evict = self.run_evict % MAX_RUNS + 1;
+        self.drop_run(r);
+        self.run_free.retain(|&f| f != r);
+        r
+    }
+
+    /// Forgets run `r`: its keys' cells name no run any more.
+    fn drop_run(&mut self, r: usize) {
+        let Some(keys) = self.runs.get_mut(r).and_then(Option::take) else {
+            return;
+        };
+        for &k in keys.iter() {
+            if let Some(h) = self.table.get_mut(k) {
+                if h.run() == Some(r) {
+                    h.0[INLINE - 1] = 0;
+                }
+            }
+        }
+        self.run_free.push(r);
     }
 
     /// The same for a spilled first key: bitmap words of the engines still holding every
@@ -835,27 +1071,37 @@ impl PodIndex for BlockIndex {
     }
 
     fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
-        let inner = read(&self.inner);
-        for &k in keys.iter().take(PREFETCH_AHEAD) {
-            inner.table.prefetch(k);
-        }
-        let Some(first) = keys.first().and_then(|&k| inner.table.get(k)) else {
-            return Vec::new();
-        };
-        let runs = match first.spilled() {
-            Some(i) => inner.match_wide(&inner.wide[i], keys),
-            None => inner.match_few(first, keys),
-        };
-        runs.into_iter()
-            .filter_map(|(slot, gpu, any)| {
-                let e = inner.engines.get(slot as usize)?.as_ref()?;
-                Some(PodMatch {
-                    pod: e.pod.clone(),
-                    gpu_blocks: gpu,
-                    any_tier_blocks: any,
+        let mut build = RunCandidates::new();
+        let found = {
+            let inner = read(&self.inner);
+            for &k in keys.iter().take(PREFETCH_AHEAD) {
+                inner.table.prefetch(k);
+            }
+            let Some(first) = keys.first().and_then(|&k| inner.table.get(k)) else {
+                return Vec::new();
+            };
+            let runs = match first.spilled() {
+                Some(i) => inner.match_wide(&inner.wide[i], keys),
+                None => inner.match_few(first, keys, &mut build),
+            };
+            runs.into_iter()
+                .filter_map(|(slot, gpu, any)| {
+                    let e = inner.engines.get(slot as usize)?.as_ref()?;
+                    Some(PodMatch {
+                        pod: e.pod.clone(),
+                        gpu_blocks: gpu,
+                        any_tier_blocks: any,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        };
+        // Runs are a cache: built only if no one else holds the lock at this moment.
+        if !build.is_empty() {
+            if let Some(mut inner) = self.inner.try_write() {
+                inner.install_runs(keys, &build);
+            }
+        }
+        found
     }
 
     fn drop_pod(&self, pod: &PodId) {
@@ -1062,12 +1308,108 @@ mod tests {
         assert_eq!(runs(&index, &[3_000]).len(), 1);
     }
 
+    #[test]
+    fn a_repeated_prefix_goes_through_a_run_and_any_change_drops_it() {
+        let index = BlockIndex::new(1 << 20);
+        let chain: Vec<u64> = (100..120).collect();
+        store(&index, &pod(1), &chain, Medium::Gpu);
+        // The first lookup walks the cells and builds the run, the second goes through it.
+        assert_eq!(runs(&index, &chain), vec![("10.0.0.1:8000".into(), 20, 20)]);
+        assert_eq!(index.read_runs(), (1, 20, 0));
+        let mut longer = chain.clone();
+        longer.extend([7, 8]);
+        assert_eq!(
+            runs(&index, &longer),
+            vec![("10.0.0.1:8000".into(), 20, 20)]
+        );
+        assert_eq!(index.read_runs().2, 19);
+        // Another engine stores part of it: the run is dropped, the cells answer.
+        store(&index, &pod(2), &chain[..10], Medium::Gpu);
+        assert_eq!(index.read_runs().0, 0);
+        assert_eq!(
+            runs(&index, &chain),
+            vec![
+                ("10.0.0.1:8000".into(), 20, 20),
+                ("10.0.0.2:8000".into(), 10, 10),
+            ]
+        );
+        // That lookup built two runs (keys held by both, keys held by one).
+        assert_eq!(index.read_runs().0, 2);
+        remove(&index, &pod(1), &chain[15..16], None);
+        store(&index, &pod(2), &chain[..3], Medium::Cpu);
+        assert_eq!(
+            runs(&index, &chain),
+            vec![
+                ("10.0.0.1:8000".into(), 15, 15),
+                ("10.0.0.2:8000".into(), 10, 10),
+            ]
+        );
+        assert_eq!(
+            runs(&index, &chain),
+            vec![
+                ("10.0.0.1:8000".into(), 15, 15),
+                ("10.0.0.2:8000".into(), 10, 10),
+            ]
+        );
+        // A restart clear drops the runs over its keys with them.
+        index.apply(&pod(1), IndexOp::ClearPod);
+        index.apply(&pod(2), IndexOp::ClearPod);
+        assert_eq!(index.read_runs().0, 0);
+        assert!(runs(&index, &chain).is_empty());
+        assert_eq!(index.entries(), 0);
+    }
+
+    #[test]
+    fn past_max_runs_the_oldest_names_are_taken_back() {
+        let index = BlockIndex::new(1 << 22);
+        let chains = MAX_RUNS + 500;
+        let chain = |c: usize| [(c as u64) << 8, ((c as u64) << 8) + 1];
+        for c in 0..chains {
+            store(&index, &pod(c % 4), &chain(c), Medium::Gpu);
+        }
+        for c in 0..chains {
+            assert_eq!(
+                runs(&index, &chain(c)),
+                vec![(pod(c % 4).to_string(), 2, 2)]
+            );
+        }
+        assert_eq!(index.read_runs(), (MAX_RUNS, 2 * MAX_RUNS, 0));
+        // The newest runs are alive: the last chain goes through its run.
+        let last = chain(chains - 1);
+        assert_eq!(
+            runs(&index, &last),
+            vec![(pod((chains - 1) % 4).to_string(), 2, 2)]
+        );
+        assert_eq!(index.read_runs().2, 1);
+        // The first chains' runs were taken back; their cells still answer.
+        assert_eq!(runs(&index, &chain(0)), vec![(pod(0).to_string(), 2, 2)]);
+        for c in 0..chains {
+            remove(&index, &pod(c % 4), &chain(c), None);
+        }
+        assert_eq!(index.read_runs().0, 0);
+        assert_eq!(index.entries(), 0);
+    }
+
     /// Random stores, removals, clears and drops over 80 engines against a plain model
-    /// of the same semantics: every prefix answer and every count agrees.
+    /// of the same semantics: every prefix answer and every count agrees. Over 3 engines
+    /// holder sets repeat along the keys, so lookups build runs and later ones go through
+    /// them while stores and removals keep dropping them: answers still agree.
     #[test]
     fn agrees_with_a_plain_model_under_random_operations() {
+        agree_with_model(80, 50, 0x5eed);
+        let (runs_seen, built, skipped) = agree_with_model(3, 2, 0xbeef);
+        assert!(runs_seen > 1_000, "runs alive at {runs_seen} queries");
+        assert!(
+            built > 0 && skipped > 10_000,
+            "{built} keys in runs, {skipped} skipped"
+        );
+    }
+
+    /// The model check: 20,000 random operations, a query (asked twice) every `every`
+    /// steps. Returns queries that found runs alive, keys in runs at the end, keys skipped.
+    fn agree_with_model(engines: u64, every: usize, seed: u64) -> (usize, usize, usize) {
         type Model = HashMap<u64, HashMap<usize, (bool, bool)>>;
-        let mut state = 0x5eed_u64;
+        let mut state = seed;
         let mut next = |n: u64| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -1076,9 +1418,9 @@ mod tests {
         };
         let index = BlockIndex::new(1 << 20);
         let mut model: Model = HashMap::new();
-        const ENGINES: u64 = 80;
+        let mut runs_seen = 0;
         for step in 0..20_000 {
-            let e = next(ENGINES) as usize;
+            let e = next(engines) as usize;
             let start = next(40);
             let keys: Vec<u64> = (start..start + 1 + next(8)).collect();
             match next(10) {
@@ -1125,10 +1467,11 @@ mod tests {
                 h.retain(|_, t| t.0 || t.1);
             }
             model.retain(|_, h| !h.is_empty());
-            if step % 50 == 0 {
-                let query: Vec<u64> = (next(40)..48).collect();
+            if step % every == 0 {
+                // Few starts, so that queries meet the runs earlier ones built.
+                let query: Vec<u64> = (next(5) * 8..48).collect();
                 let mut want: Vec<(String, usize, usize)> = Vec::new();
-                for e in 0..ENGINES as usize {
+                for e in 0..engines as usize {
                     let held = |k: &u64| model.get(k).and_then(|h| h.get(&e)).copied();
                     let any = query.iter().take_while(|k| held(k).is_some()).count();
                     let gpu = query
@@ -1141,10 +1484,14 @@ mod tests {
                 }
                 want.sort();
                 assert_eq!(runs(&index, &query), want, "step {step}");
+                runs_seen += usize::from(index.read_runs().0 > 0);
+                assert_eq!(runs(&index, &query), want, "step {step}, asked again");
                 assert_eq!(index.entries(), model.len(), "step {step}");
                 let entries: usize = model.values().map(HashMap::len).sum();
                 assert_eq!(index.pod_entries(), entries, "step {step}");
             }
         }
+        let (_, built, skipped) = index.read_runs();
+        (runs_seen, built, skipped)
     }
 }
