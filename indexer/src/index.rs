@@ -808,12 +808,17 @@ impl Inner {
         }
     }
 
-    /// The holders of key `i`, with the cells of the keys ahead already asked for.
+    /// The holders of key `i`, asking for the cells of the keys up to [`PREFETCH_AHEAD`]
+    /// past it first (`asked`: the keys before it were asked for; a walk that skipped
+    /// keys through a run asks for the ones ahead of where it lands).
     #[inline]
-    fn holders_at(&self, keys: &[u64], i: usize) -> Option<&Holders> {
-        if let Some(&ahead) = keys.get(i + PREFETCH_AHEAD) {
-            self.table.prefetch(ahead);
+    fn holders_at(&self, keys: &[u64], i: usize, asked: &mut usize) -> Option<&Holders> {
+        let to = (i + 1 + PREFETCH_AHEAD).min(keys.len());
+        let from = (*asked).max(i + 1).min(to);
+        for &k in &keys[from..to] {
+            self.table.prefetch(k);
         }
+        *asked = to;
         self.table.get(keys[i])
     }
 
@@ -847,7 +852,7 @@ impl Inner {
                 }
             }
         };
-        let (mut i, mut h) = (0, *first);
+        let (mut i, mut h, mut asked) = (0, *first, 1);
         loop {
             // `h` is key i's holders.
             let span = match h.run() {
@@ -885,7 +890,7 @@ impl Inner {
             if alive == 0 || i >= keys.len() {
                 break;
             }
-            match self.holders_at(keys, i) {
+            match self.holders_at(keys, i, &mut asked) {
                 Some(&next) => h = next,
                 None => {
                     // Nobody holds key i: every run still going ends there.
@@ -915,7 +920,12 @@ impl Inner {
     fn run_span(&self, r: usize, rest: &[u64]) -> usize {
         match self.runs.get(r).and_then(Option::as_deref) {
             Some(run) if run.first() == rest.first() => {
-                run.iter().zip(rest).take_while(|(a, b)| a == b).count()
+                let n = run.len().min(rest.len());
+                if run[..n] == rest[..n] {
+                    n // the usual case, one memory comparison
+                } else {
+                    run.iter().zip(rest).take_while(|(a, b)| a == b).count()
+                }
             }
             _ => 1,
         }
@@ -1001,8 +1011,9 @@ impl Inner {
             }
         };
         let (mut lo, mut hi) = (0, words);
+        let mut asked = 1;
         for i in 1..keys.len() {
-            let h = self.holders_at(keys, i);
+            let h = self.holders_at(keys, i, &mut asked);
             for w in lo..hi {
                 let (gpu, any) = h.map_or((0, 0), |h| h.word_bits(w, &self.wide));
                 record(&mut ends_gpu, w, alive_gpu[w] & !gpu, i);
@@ -1074,9 +1085,6 @@ impl PodIndex for BlockIndex {
         let mut build = RunCandidates::new();
         let found = {
             let inner = read(&self.inner);
-            for &k in keys.iter().take(PREFETCH_AHEAD) {
-                inner.table.prefetch(k);
-            }
             let Some(first) = keys.first().and_then(|&k| inner.table.get(k)) else {
                 return Vec::new();
             };
