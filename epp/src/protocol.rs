@@ -145,64 +145,74 @@ fn common(mutation: Option<HeaderMutation>, body: Option<BodyMutation>) -> Commo
     }
 }
 
+/// A response of the given phase, nothing else set.
+fn answer(response: processing_response::Response) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(response),
+        ..Default::default()
+    }
+}
+
+/// A body answer for the request's or the response's phase.
+fn body_answer(request: bool, body: BodyResponse) -> ProcessingResponse {
+    answer(if request {
+        processing_response::Response::RequestBody(body)
+    } else {
+        processing_response::Response::ResponseBody(body)
+    })
+}
+
 /// The answer to `request_headers` carrying the destination (full-duplex mode, or a
 /// request without a body).
 pub fn request_headers_answer(dest: &Destination) -> ProcessingResponse {
-    let (mutation, metadata) = destination_mutation(dest);
-    ProcessingResponse {
-        dynamic_metadata: metadata,
-        response: Some(processing_response::Response::RequestHeaders(
-            HeadersResponse {
-                response: Some(common(Some(mutation), None)),
-            },
-        )),
-        ..Default::default()
-    }
+    with_destination(dest, |common| {
+        processing_response::Response::RequestHeaders(HeadersResponse {
+            response: Some(common),
+        })
+    })
 }
 
 /// The answer to a buffered `request_body` carrying the destination (buffered modes: the
 /// headers are still held, so they can change here).
 pub fn request_body_answer(dest: &Destination) -> ProcessingResponse {
+    with_destination(dest, |common| {
+        processing_response::Response::RequestBody(BodyResponse {
+            response: Some(common),
+        })
+    })
+}
+
+/// A phase's answer setting the destination header, with its dynamic metadata.
+fn with_destination(
+    dest: &Destination,
+    phase: impl FnOnce(CommonResponse) -> processing_response::Response,
+) -> ProcessingResponse {
     let (mutation, metadata) = destination_mutation(dest);
     ProcessingResponse {
         dynamic_metadata: metadata,
-        response: Some(processing_response::Response::RequestBody(BodyResponse {
-            response: Some(common(Some(mutation), None)),
-        })),
-        ..Default::default()
+        ..answer(phase(common(Some(mutation), None)))
     }
 }
 
 /// Headers answered unchanged (continue).
 pub fn headers_continue(request: bool) -> ProcessingResponse {
-    let answer = HeadersResponse { response: None };
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestHeaders(answer)
-        } else {
-            processing_response::Response::ResponseHeaders(answer)
-        }),
-        ..Default::default()
-    }
+    let unchanged = HeadersResponse { response: None };
+    answer(if request {
+        processing_response::Response::RequestHeaders(unchanged)
+    } else {
+        processing_response::Response::ResponseHeaders(unchanged)
+    })
 }
 
 /// A body chunk answered unchanged (buffered and streamed modes).
 pub fn body_continue(request: bool) -> ProcessingResponse {
-    let answer = BodyResponse { response: None };
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestBody(answer)
-        } else {
-            processing_response::Response::ResponseBody(answer)
-        }),
-        ..Default::default()
-    }
+    body_answer(request, BodyResponse { response: None })
 }
 
 /// Body bytes handed back in full-duplex mode (where the picker holds the body and must
 /// return every byte of it).
 pub fn body_streamed(request: bool, body: Vec<u8>, end_of_stream: bool) -> ProcessingResponse {
-    let answer = BodyResponse {
+    let streamed = BodyResponse {
         response: Some(CommonResponse {
             body_mutation: Some(BodyMutation {
                 mutation: Some(body_mutation::Mutation::StreamedResponse(
@@ -216,46 +226,33 @@ pub fn body_streamed(request: bool, body: Vec<u8>, end_of_stream: bool) -> Proce
             ..Default::default()
         }),
     };
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestBody(answer)
-        } else {
-            processing_response::Response::ResponseBody(answer)
-        }),
-        ..Default::default()
-    }
+    body_answer(request, streamed)
 }
 
 /// Trailers answered unchanged.
 pub fn trailers_continue(request: bool) -> ProcessingResponse {
-    let answer = TrailersResponse {
+    let unchanged = TrailersResponse {
         header_mutation: None,
     };
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestTrailers(answer)
-        } else {
-            processing_response::Response::ResponseTrailers(answer)
-        }),
-        ..Default::default()
-    }
+    answer(if request {
+        processing_response::Response::RequestTrailers(unchanged)
+    } else {
+        processing_response::Response::ResponseTrailers(unchanged)
+    })
 }
 
 /// The protocol's answer when the subset hint leaves no eligible endpoint: 503.
 pub fn unavailable(details: &str) -> ProcessingResponse {
-    ProcessingResponse {
-        response: Some(processing_response::Response::ImmediateResponse(
-            ImmediateResponse {
-                status: Some(HttpStatus {
-                    code: StatusCode::ServiceUnavailable as i32,
-                }),
-                body: format!("{{\"error\":{details:?}}}").into_bytes(),
-                details: "kvroute_no_eligible_endpoint".to_owned(),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
-    }
+    answer(processing_response::Response::ImmediateResponse(
+        ImmediateResponse {
+            status: Some(HttpStatus {
+                code: StatusCode::ServiceUnavailable as i32,
+            }),
+            body: format!("{{\"error\":{details:?}}}").into_bytes(),
+            details: "kvroute_no_eligible_endpoint".to_owned(),
+            ..Default::default()
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -145,6 +145,15 @@ impl PodRegistry {
         self.read().keys().cloned().collect()
     }
 
+    /// The known data-parallel ranks of `endpoint` (one engine process, one address).
+    pub fn ranks_of(&self, endpoint: &str) -> Vec<PodId> {
+        self.read()
+            .keys()
+            .filter(|p| &*p.endpoint == endpoint)
+            .cloned()
+            .collect()
+    }
+
     /// Every known endpoint, once (ranks share theirs).
     pub fn endpoints(&self) -> Vec<std::sync::Arc<str>> {
         let mut endpoints: Vec<_> = self.read().keys().map(|p| p.endpoint.clone()).collect();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 
 use super::Ingest;
 use crate::load::{parse_vllm_metrics, EngineGauges, InFlight};
@@ -68,19 +68,30 @@ async fn ask_all(ingest: &Ingest, path: &'static str) -> Vec<(Arc<str>, Result<S
     answers
 }
 
+/// A ticker that, after a slow round, waits a whole interval again (no burst of catch-up
+/// rounds against engines that were slow to answer).
+fn ticker(interval: Duration) -> Interval {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next round: false once shutdown is signalled.
+async fn next_tick(tick: &mut Interval, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        _ = tick.tick() => true,
+    }
+}
+
 /// `GET /health` of every engine each `interval` until shutdown.
 pub async fn health_loop(
     ingest: Arc<Ingest>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticker(interval);
+    while next_tick(&mut tick, &mut shutdown).await {
         for (endpoint, answer) in ask_all(&ingest, "/health").await {
             match answer {
                 Err(why) => ingest.engine_failed(&endpoint, why),
@@ -109,13 +120,8 @@ pub async fn scrape_loop(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticker(interval);
+    while next_tick(&mut tick, &mut shutdown).await {
         in_flight.expire(&ingest.registry);
         // Every scrape leaves now: the queue each page shows is the queue as of now.
         let sent = Instant::now();
@@ -142,12 +148,7 @@ fn set_load(
     gauges: &EngineGauges,
     sent: Instant,
 ) {
-    for pod in ingest
-        .registry
-        .all()
-        .into_iter()
-        .filter(|p| &*p.endpoint == endpoint)
-    {
+    for pod in ingest.registry.ranks_of(endpoint) {
         ingest.registry.set_load(&pod, |l| {
             l.waiting = gauges.waiting;
             l.running = gauges.running;

@@ -238,12 +238,7 @@ impl Ingest {
     /// Forget every rank of `endpoint`: its blocks, keys and sequence.
     fn drop_endpoint(&self, endpoint: &str) {
         let mut st = self.state.lock();
-        for pod in self
-            .registry
-            .all()
-            .into_iter()
-            .filter(|p| &*p.endpoint == endpoint)
-        {
+        for pod in self.registry.ranks_of(endpoint) {
             self.index.drop_pod(&pod);
             self.registry.remove(&pod);
             st.keyers.remove(&pod);
@@ -495,12 +490,7 @@ impl Ingest {
     /// Forget what `endpoint` (every rank) held: it restarted, or may have.
     fn clear_endpoint(&self, endpoint: &str) {
         let mut st = self.state.lock();
-        for pod in self
-            .registry
-            .all()
-            .into_iter()
-            .filter(|p| &*p.endpoint == endpoint)
-        {
+        for pod in self.registry.ranks_of(endpoint) {
             self.index.apply(&pod, IndexOp::ClearPod);
             st.keyers.remove(&pod);
             st.sequences.forget(&pod);
