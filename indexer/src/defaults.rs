@@ -68,6 +68,10 @@ pub const MAX_IN_FLIGHT_REQUESTS: usize = 1024;
 /// `/v1/route/prompt` bodies tokenized at once on the blocking pool; past it 503. Each
 /// costs a core and, for a multi-megabyte prompt, ~200 MB while it runs.
 pub const MAX_TOKENIZING: usize = 2;
+/// `/v1/route` bodies over [`INLINE_ROUTE_BODY_BYTES`] parsed and decided at once on the
+/// blocking pool; past it 503. One: a flood of such bodies then takes at most one core
+/// from the small routes (a 95,000-hash flood on all cores raised their p99 tenfold).
+pub const MAX_LARGE_ROUTES: usize = 1;
 /// Largest `/v1/route` body: 16,384 hashes written as JSON take ~350 KiB.
 pub const ROUTE_BODY_BYTES: usize = 2 << 20;
 /// Largest `/v1/route/prompt` body (an OpenAI or Anthropic request).

@@ -60,6 +60,9 @@ pub struct AppState {
     /// Tokenizations running at once on the blocking pool; past it `/v1/route/prompt`
     /// answers 503 rather than queue CPU work behind the routes.
     pub tokenizing: Arc<Semaphore>,
+    /// Large `/v1/route` bodies decided at once on the blocking pool; past it 503, so a
+    /// flood of them leaves the other cores to the small routes.
+    pub large_routes: Arc<Semaphore>,
 }
 
 pub fn app(state: Arc<AppState>) -> Axum {
@@ -124,12 +127,22 @@ async fn route(
 ) -> Response {
     let caller = caller(peer);
     // Parsing tens of thousands of hashes is CPU work: large bodies are decided on the
-    // blocking pool, so the async workers keep answering small routes meanwhile.
+    // blocking pool, a bounded number at a time, so the async workers keep answering small
+    // routes meanwhile.
     if body.len() > defaults::INLINE_ROUTE_BODY_BYTES {
+        let Ok(slot) = st.large_routes.clone().try_acquire_owned() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many large routes being decided",
+            );
+        };
         let state = st.clone();
-        return tokio::task::spawn_blocking(move || decide_route(&state, caller, &body))
-            .await
-            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+        return tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            decide_route(&state, caller, &body)
+        })
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
     }
     decide_route(&st, caller, &body)
 }

@@ -32,7 +32,8 @@ pub struct HttpLimits {
     /// must then carry `Authorization: Bearer <secret>` (the filter's `api_token`).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
-    /// Connections open at once; past it new ones wait in the kernel's backlog.
+    /// Connections open at once; at it a new one closes the connection idle the longest
+    /// (never one mid-request), and waits in the kernel's backlog only if none is idle.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Connections open at once from one address; past it its new ones are closed.
@@ -50,6 +51,9 @@ pub struct HttpLimits {
     /// `/v1/route/prompt` bodies tokenized at once (on the blocking pool); past it 503.
     #[arg(long, default_value_t = defaults::MAX_TOKENIZING)]
     pub max_tokenizing: usize,
+    /// `/v1/route` bodies over 64 KiB decided at once (on the blocking pool); past it 503.
+    #[arg(long, default_value_t = defaults::MAX_LARGE_ROUTES)]
+    pub max_large_routes: usize,
     /// Largest `/v1/route` body, in bytes.
     #[arg(long, default_value_t = defaults::ROUTE_BODY_BYTES)]
     pub route_body_bytes: usize,
@@ -74,6 +78,7 @@ impl Default for HttpLimits {
             request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
             max_in_flight_requests: defaults::MAX_IN_FLIGHT_REQUESTS,
             max_tokenizing: defaults::MAX_TOKENIZING,
+            max_large_routes: defaults::MAX_LARGE_ROUTES,
             route_body_bytes: defaults::ROUTE_BODY_BYTES,
             prompt_body_bytes: defaults::PROMPT_BODY_BYTES,
             max_route_blocks: defaults::MAX_ROUTE_BLOCKS,

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub orphans: Counter,
     pub rekey_evictions: Counter,
     pub tickets_evicted: Counter,
+    pub http_connections_evicted: Counter,
     pub index_entries: Gauge,
     pub route_decisions: Family<ReasonLabel, Counter>,
     pub route_errors: Family<ReasonLabel, Counter>,
@@ -68,6 +69,7 @@ impl Metrics {
         let orphans = Counter::default();
         let rekey_evictions = Counter::default();
         let tickets_evicted = Counter::default();
+        let http_connections_evicted = Counter::default();
         let index_entries = Gauge::default();
         let route_decisions = Family::<ReasonLabel, Counter>::default();
         let route_errors = Family::<ReasonLabel, Counter>::default();
@@ -155,6 +157,11 @@ impl Metrics {
             tickets_evicted.clone(),
         );
         registry.register(
+            "http_connections_evicted",
+            "Idle HTTP connections closed to make room for a new one at --max-connections",
+            http_connections_evicted.clone(),
+        );
+        registry.register(
             "index_entries",
             "Keys in the block index",
             index_entries.clone(),
@@ -208,6 +215,7 @@ impl Metrics {
             orphans,
             rekey_evictions,
             tickets_evicted,
+            http_connections_evicted,
             index_entries,
             route_decisions,
             route_errors,

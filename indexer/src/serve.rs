@@ -189,7 +189,16 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<Daemon> {
         lora_bases,
         api_token: config.http.api_token()?,
         tokenizing: Arc::new(tokio::sync::Semaphore::new(
-            config.http.max_tokenizing.max(1),
+            config
+                .http
+                .max_tokenizing
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        large_routes: Arc::new(tokio::sync::Semaphore::new(
+            config
+                .http
+                .max_large_routes
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         )),
         limits: config.http.clone(),
     });
@@ -214,8 +223,9 @@ impl Daemon {
         );
         let mut http_stopped = stopped.clone();
         let limits = self.state.limits.clone();
+        let evicted = self.state.router.metrics.http_connections_evicted.clone();
         let mut server = tokio::spawn(async move {
-            http_server::serve(listener, app(self.state), &limits, async move {
+            http_server::serve(listener, app(self.state), &limits, evicted, async move {
                 let _ = http_stopped.changed().await;
             })
             .await

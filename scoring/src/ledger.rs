@@ -11,7 +11,7 @@
 //! cannot be evicted; after that the engine's events say what stays), not for a fixed time.
 //! Times are the caller's seconds; nothing here reads a clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
 /// The work one pod has pending from this router.
@@ -46,8 +46,14 @@ struct Book {
 pub struct Ledger<P> {
     next: u64,
     tickets: HashMap<u64, Ticket<P>>,
-    /// Tickets not yet prefilled, oldest first (FIFO order of routing).
-    unprefilled: Vec<u64>,
+    /// Tickets not yet prefilled, oldest first (FIFO order of routing). May still name
+    /// tickets since prefilled or ended: they leave lazily, so that ending a decision costs
+    /// no scan (a flood of decisions never completed made every scan a long one).
+    unprefilled: VecDeque<u64>,
+    /// How many of `unprefilled` are still unprefilled.
+    live_unprefilled: usize,
+    /// Where [`Ledger::confirm_some`] takes up in `unprefilled`.
+    cursor: usize,
     books: HashMap<P, Book>,
 }
 
@@ -56,7 +62,9 @@ impl<P> Default for Ledger<P> {
         Self {
             next: 1,
             tickets: HashMap::new(),
-            unprefilled: Vec::new(),
+            unprefilled: VecDeque::new(),
+            live_unprefilled: 0,
+            cursor: 0,
             books: HashMap::new(),
         }
     }
@@ -88,7 +96,8 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
                 started: now,
             },
         );
-        self.unprefilled.push(ticket);
+        self.unprefilled.push_back(ticket);
+        self.live_unprefilled += 1;
         ticket
     }
 
@@ -96,6 +105,7 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         if let Some(t) = self.tickets.get_mut(&ticket) {
             if !t.prefilled {
                 t.prefilled = true;
+                self.live_unprefilled = self.live_unprefilled.saturating_sub(1);
                 if let Some(book) = self.books.get_mut(&t.pod) {
                     book.pending.requests = book.pending.requests.saturating_sub(1);
                     book.pending.tokens = (book.pending.tokens - t.tokens).max(0.0);
@@ -104,10 +114,23 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         }
     }
 
+    /// Drops the tickets no longer unprefilled from `unprefilled` once they outnumber the
+    /// rest (amortized: each is dropped once).
     fn sweep_unprefilled(&mut self) {
+        if self.unprefilled.len() <= 2 * self.live_unprefilled + 64 {
+            return;
+        }
         let tickets = &self.tickets;
         self.unprefilled
             .retain(|t| tickets.get(t).is_some_and(|t| !t.prefilled));
+        self.cursor = 0;
+    }
+
+    /// Whether `ticket` is pending and its last key `held(pod, key)` says stored.
+    fn stored(&self, ticket: u64, held: &impl Fn(&P, u64) -> bool) -> bool {
+        self.tickets
+            .get(&ticket)
+            .is_some_and(|t| !t.prefilled && t.keys.last().is_some_and(|&k| held(&t.pod, k)))
     }
 
     /// Marks prefilled every pending decision whose last key `held(pod, key)` says the pod
@@ -117,19 +140,34 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             .unprefilled
             .iter()
             .copied()
-            .filter(|t| {
-                self.tickets
-                    .get(t)
-                    .is_some_and(|t| t.keys.last().is_some_and(|&k| held(&t.pod, k)))
-            })
+            .filter(|&t| self.stored(t, &held))
             .collect();
         for &t in &done {
             self.mark_prefilled(t);
         }
-        if !done.is_empty() {
-            self.sweep_unprefilled();
-        }
+        self.sweep_unprefilled();
         done.len()
+    }
+
+    /// [`Ledger::confirm`] over at most `max` pending decisions, taking up where the last
+    /// call stopped (round robin, oldest first): the work per call is bounded however many
+    /// decisions are pending, and a stored one is seen within `pending / max` calls (at once
+    /// while fewer than `max` are pending). Returns how many were marked prefilled.
+    pub fn confirm_some(&mut self, held: impl Fn(&P, u64) -> bool, max: usize) -> usize {
+        let mut done = 0;
+        for _ in 0..max.min(self.unprefilled.len()) {
+            if self.cursor >= self.unprefilled.len() {
+                self.cursor = 0;
+            }
+            let t = self.unprefilled[self.cursor];
+            self.cursor += 1;
+            if self.stored(t, &held) {
+                self.mark_prefilled(t);
+                done += 1;
+            }
+        }
+        self.sweep_unprefilled();
+        done
     }
 
     /// A scrape sent at `at` found `waiting` requests queued on `pod`. vLLM's queue is FIFO,
@@ -144,7 +182,7 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             .filter(|t| {
                 self.tickets
                     .get(t)
-                    .is_some_and(|t| &t.pod == pod && t.started <= at)
+                    .is_some_and(|t| !t.prefilled && &t.pod == pod && t.started <= at)
             })
             .collect();
         let still_queued = waiting.max(0.0).ceil() as usize;
@@ -152,9 +190,7 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         for &t in &before[..admitted] {
             self.mark_prefilled(t);
         }
-        if admitted > 0 {
-            self.sweep_unprefilled();
-        }
+        self.sweep_unprefilled();
         admitted
     }
 
@@ -162,7 +198,7 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
     pub fn complete(&mut self, ticket: u64) -> Option<P> {
         self.mark_prefilled(ticket);
         let t = self.tickets.remove(&ticket)?;
-        self.unprefilled.retain(|&u| u != ticket);
+        self.sweep_unprefilled();
         if let Some(book) = self.books.get_mut(&t.pod) {
             book.pending.in_flight = book.pending.in_flight.saturating_sub(1);
             for k in &t.keys {
@@ -281,6 +317,32 @@ mod tests {
         assert_eq!(l.pending(&2).requests, 1, "other pods untouched");
         assert_eq!(l.observe_queue(&1, 0.0, 10.0), 2);
         assert_eq!(l.pending(&1).tokens, 0.0);
+    }
+
+    #[test]
+    fn a_bounded_confirm_takes_up_where_it_stopped() {
+        let mut l: Ledger<u8> = Ledger::new();
+        let tickets: Vec<u64> = (0..10).map(|i| l.start(&1, &[i], 10.0, 0.0)).collect();
+        // Ending decisions costs no scan; the ended ones are skipped, not confirmed.
+        for &t in &tickets[..4] {
+            l.complete(t);
+        }
+        // Keys 4..10 all stored: 3 of the 10 queued looked at per call, round robin.
+        let held = |_: &u8, k: u64| k >= 4;
+        let mut calls = 0;
+        while l.pending(&1).requests > 0 {
+            assert!(l.confirm_some(held, 3) <= 3);
+            calls += 1;
+            assert!(calls <= 4, "not all seen in 4 calls of 3");
+        }
+        assert_eq!(l.pending(&1).in_flight, 6);
+        assert_eq!(l.confirm_some(held, 3), 0);
+        // Many decisions ended out of order leave the queue compact.
+        for i in 0..1000 {
+            let t = l.start(&2, &[1000 + i], 1.0, 0.0);
+            l.complete(t);
+        }
+        assert!(l.unprefilled.len() <= 2 * l.live_unprefilled + 64);
     }
 
     #[test]
