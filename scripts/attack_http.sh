@@ -3,16 +3,20 @@
 # `kvroute serve` (release build; PROFILE=debug to skip it) with the Qwen3 tokenizer and two
 # known engines, runs scripts/attack_http.py against it and prints the table that
 # docs/security.md records. Extra arguments go to the Python script (e.g. --hold 15,
-# --connections 5000, --only slowloris). Needs the loopback range 127.0.0.0/8 (Linux).
+# --connections 5000, --only slowloris; KVROUTE_BIN=path runs that binary, unbuilt). Needs
+# the loopback range 127.0.0.0/8 (Linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${PROFILE:-release}"
-if [ "$profile" = release ]; then
-  cargo build -q --release -p kvroute
-else
-  cargo build -q -p kvroute
+bin="${KVROUTE_BIN:-}"
+if [ -z "$bin" ]; then
+  if [ "$profile" = release ]; then
+    cargo build -q --release -p kvroute
+  else
+    cargo build -q -p kvroute
+  fi
+  bin="target/$profile/kvroute"
 fi
-bin="target/$profile/kvroute"
 tokenizers="${KVROUTE_TOKENIZERS:-testdata/tokenizers}"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # The server's descriptors are bounded by --max-connections; the attacker needs its own.
