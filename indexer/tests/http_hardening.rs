@@ -20,6 +20,10 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const MODEL: &str = "Qwen3-32B";
 
+/// Held by the tests that flood the API and time other routes meanwhile: run at once, each
+/// would time the other's flood (tests in one binary run in parallel).
+static FLOODING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn qwen3() -> PathBuf {
     kvroute_testdata::tokenizer_dir("qwen3")
 }
@@ -297,6 +301,7 @@ async fn slowloris_and_idle_connections_are_dropped_at_the_header_timeout() {
 /// connections are closed at once. `scripts/attack_http.sh` runs the full 20,000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_flood_from_one_address_leaves_routing_up() {
+    let _alone = FLOODING.lock().await;
     let d = start(HttpLimits {
         max_connections: 1000,
         max_connections_per_ip: 200,
@@ -543,6 +548,7 @@ async fn a_route_of_95k_hashes_is_routed_on_its_first_blocks() {
 /// sees a few ms) and every prompt is answered 200 or 503 (too many tokenizing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_flood_leaves_other_routes_fast() {
+    let _alone = FLOODING.lock().await;
     let d = start(HttpLimits {
         max_tokenizing: 2,
         ..HttpLimits::default()
@@ -608,6 +614,7 @@ async fn a_prompt_flood_leaves_other_routes_fast() {
 /// small routes' p99 stays under 250 ms (stated bound; an idle machine sees a few ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_large_routes_leaves_small_routes_fast() {
+    let _alone = FLOODING.lock().await;
     let d = start(HttpLimits::default()).await;
     let hashes: Vec<u64> = (1_000_000..1_010_000).collect();
     let body = json!({"model": MODEL, "block_hashes": hashes}).to_string();
