@@ -6,7 +6,8 @@
 //!   pipeline (vLLM 0.3x frames decoded, keyed natively, applied) into the full index;
 //! - lookup of a 112-key request: hit p50/p99, miss p50 (every answer checked);
 //! - restart clear of one engine (median and max of 16);
-//! - `/v1/route` over loopback at 1,000 req/s against the real axum app, p50/p99.
+//! - `/v1/route` over loopback at 1,000 req/s against the real axum app, p50/p99, and
+//!   that daemon's heap once its index is filled (what `kvroute serve` holds).
 //!
 //! Run: `cargo bench -p kvroute-indexer --bench route` (all sizes, ~1 min) or with
 //! `KVROUTE_BENCH_ENGINES=8,64` for some. Ingest of one engine's frames by wire
@@ -114,7 +115,8 @@ struct Row {
     hit: (f64, f64),
     miss_p50: f64,
     clear: (f64, f64),
-    http: (f64, f64),
+    http: (f64, f64, usize),
+    serve_heap_mib: f64,
 }
 
 fn main() {
@@ -127,12 +129,12 @@ fn main() {
         rows.push(measure(engines));
     }
     println!(
-        "| engines | (block, engine) entries | keys | heap per entry | process RSS | ingest, index alone | ingest, whole pipeline | lookup 112 keys, hit p50 / p99 | miss p50 | restart clear of one engine, median / max | /v1/route at 1,000 req/s, p50 / p99 |"
+        "| engines | (block, engine) entries | keys | heap per entry | process RSS | ingest, index alone | ingest, whole pipeline | lookup 112 keys, hit p50 / p99 | miss p50 | restart clear of one engine, median / max | /v1/route at 1,000 req/s for 3 s, p50 / p99 (answered 200 of 3,000) | `kvroute serve` heap, index filled |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.1} B | {:.0} MiB | {:.2} M/s | {:.2} M/s | {:.2} / {:.2} us | {:.2} us | {:.0} / {:.0} us | {:.2} / {:.2} ms |",
+            "| {} | {} | {} | {:.1} B | {:.0} MiB | {:.2} M/s | {:.2} M/s | {:.2} / {:.2} us | {:.2} us | {:.0} / {:.0} us | {:.2} / {:.2} ms ({}) | {:.0} MiB |",
             r.engines,
             r.entries,
             r.keys,
@@ -147,6 +149,8 @@ fn main() {
             r.clear.1,
             r.http.0,
             r.http.1,
+            r.http.2,
+            r.serve_heap_mib,
         );
     }
 }
@@ -176,7 +180,6 @@ fn measure(engines: usize) -> Row {
     let ingest_index = entries as f64 / t.elapsed().as_secs_f64() / 1e6;
     let after_ingest = LIVE.load(Ordering::Relaxed) - before;
     assert_eq!(index.pod_entries(), entries);
-    drop(ops);
 
     // --- lookups, every answer checked ----------------------------------------------------
     for (keys, want) in &fleet.hits {
@@ -210,6 +213,7 @@ fn measure(engines: usize) -> Row {
     miss.sort();
     // The index's heap after the lookups too (the runs they built): the larger.
     let bytes = after_ingest.max(LIVE.load(Ordering::Relaxed) - before) as f64;
+    drop(ops); // (after the count: it was allocated before the baseline)
     let rss = rss_mib();
 
     // --- the whole pipeline into the full index ----------------------------------------
@@ -228,7 +232,7 @@ fn measure(engines: usize) -> Row {
     let keys = index.entries();
     drop(index);
 
-    let http = http_bench(&fleet);
+    let (http, serve_heap_mib) = http_bench(&fleet);
     Row {
         engines,
         entries,
@@ -241,6 +245,7 @@ fn measure(engines: usize) -> Row {
         miss_p50: us(percentile(&miss, 0.5)),
         clear: (us(clears[clears.len() / 2]), us(clears[clears.len() - 1])),
         http,
+        serve_heap_mib,
     }
 }
 
@@ -310,8 +315,10 @@ fn pipeline(engines: usize, index: Arc<BlockIndex>) -> f64 {
 }
 
 /// Paced client at 1,000 req/s for 3 s against the real axum app holding the fleet's
-/// index and engines; (p50, p99) in ms.
-fn http_bench(fleet: &workload::Fleet) -> (f64, f64) {
+/// index and engines; ((p50, p99) in ms, the daemon's heap in MiB once its index is
+/// filled: the index, the tokenizer, the engines' state).
+fn http_bench(fleet: &workload::Fleet) -> ((f64, f64, usize), f64) {
+    let before = LIVE.load(Ordering::Relaxed);
     // The server gets its own runtime, as in `kvroute serve`; the client runs on another
     // thread so that its timers and the server's tasks do not queue behind each other.
     let server = tokio::runtime::Builder::new_multi_thread()
@@ -325,7 +332,11 @@ fn http_bench(fleet: &workload::Fleet) -> (f64, f64) {
                 "m={}",
                 kvroute_testdata::tokenizer_dir("qwen3").display()
             )],
-            ingest: IngestConfig::with_engines((0..fleet.engines).map(host)),
+            // The fleet's engines are addresses only: nothing answers a health check.
+            ingest: IngestConfig {
+                health_interval_ms: 0,
+                ..IngestConfig::with_engines((0..fleet.engines).map(host))
+            },
             max_entries: 2 * fleet.entries(),
             ..ServeConfig::default()
         };
@@ -348,6 +359,7 @@ fn http_bench(fleet: &workload::Fleet) -> (f64, f64) {
         tokio::spawn(daemon.run(listener, std::future::pending()));
         addr
     });
+    let serve_heap_mib = (LIVE.load(Ordering::Relaxed) - before) as f64 / (1 << 20) as f64;
     let client_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -386,15 +398,16 @@ fn http_bench(fleet: &workload::Fleet) -> (f64, f64) {
                 lat.push(d);
             }
         }
-        assert!(
-            lat.len() > 2900,
-            "{} of 3000 routes answered 200",
-            lat.len()
-        );
+        // An overloaded daemon is a result, not a crash: the table says how many answered.
+        let answered = lat.len();
         lat.sort();
-        (
-            percentile(&lat, 0.5).as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        )
+        let ms = |p: f64| {
+            if lat.is_empty() {
+                f64::NAN
+            } else {
+                percentile(&lat, p).as_secs_f64() * 1e3
+            }
+        };
+        ((ms(0.5), ms(0.99), answered), serve_heap_mib)
     })
 }
