@@ -154,7 +154,10 @@ class Fleet:
         if self.args.wiring == "dial":
             env["KV_ENDPOINT"] = f"tcp://*:{self.kv_port(i)}"
         else:
-            env["KV_ENDPOINT"] = f"tcp://127.0.0.1:{ZMQ_BIND_PORT}"
+            # libzmq's source;destination form: the connection comes from the engine's own
+            # IP, as from a pod, for the indexer believes a topic only from its engine's
+            # address (from 127.0.0.1 every message would count as spoofed).
+            env["KV_ENDPOINT"] = f"tcp://{ip}:0;127.0.0.1:{ZMQ_BIND_PORT}"
         env["TOPIC"] = f"kv@{ip}@{MODEL}"
         return env
 
@@ -204,6 +207,8 @@ class Fleet:
                 "--listen", ENVOY, "--admin", ENVOY_ADMIN, "--model", MODEL,
                 "--tokenizer", f"{self.args.vllm_root}/tiny-qwen3",
                 "--summary", str(self.out / "local_stack_summary.json")]
+        if self.args.hash_seed:  # the filter hashes requests as the indexer keys them
+            argv += ["--hash-seed", self.args.hash_seed]
         for ip in self.listed():
             argv += ["--vllm", f"http://{ip}:{ENGINE_PORT}"]
         log_path = self.out / "local_stack.log"
@@ -470,22 +475,25 @@ def scenario_indexer(fleet, args):
     time.sleep(args.after)
     results = load.stop()
     relearns = indexer_metric("kvroute_kv_relearns_total")
-    # Conversations served before the kill: their engine then, and their turns afterwards.
-    before = {r["prefix"]: r["engine"] for r in results
-              if r["sent"] < killed_at and r["status"] == 200 and r["engine"]}
-    old_after = [r for r in results if r["sent"] >= back_at and r["prefix"] in before]
-    on_their_engine = [r for r in old_after if r["engine"] == before[r["prefix"]]
-                       and r["matched"] > 0 and (r["cached"] or 0) > 0]
-    first_matched = next((r["sent"] for r in old_after if r["matched"] > 0), None)
     after = follow(args.prefixes, first_id=10_000)
     s = summary(results)
     s.update({"killed_at_s": round(killed_at, 1), "ready_again_at_s": round(back_at, 1),
               "errors_while_down": sum(1 for r in results if killed_at <= r["sent"] < back_at and r["status"] != 200),
-              "relearns": relearns,
-              "first_matched_s_after_ready": round(first_matched - back_at, 2) if first_matched is not None else None,
-              "old_conversations_on_their_engine_with_matched_blocks": f"{len(on_their_engine)}/{len(old_after)}",
-              "new_prefixes_followed_after_restart": f"{sum(r['followed'] for r in after)}/{len(after)}"})
+              "relearns": relearns})
+    s.update(relearned(results, killed_at, back_at))
+    s["new_prefixes_followed_after_restart"] = f"{sum(r['followed'] for r in after)}/{len(after)}"
     return s, {"requests": results, "follow": after}
+
+
+def relearned(results, killed_at, back_at):
+    """How the restarted indexer routes conversations the engines cached before the kill:
+    picked on matched blocks (not a tie-break) onto an engine that served them from cache."""
+    before = {r["prefix"] for r in results if r["sent"] < killed_at and r["status"] == 200}
+    old_after = [r for r in results if r["sent"] >= back_at and r["prefix"] in before]
+    on_cache = [r for r in old_after if r["engine"] and r["matched"] > 0 and (r["cached"] or 0) > 0]
+    first = next((r["sent"] for r in old_after if r["matched"] > 0), None)
+    return {"first_matched_s_after_ready": round(first - back_at, 2) if first is not None else None,
+            "old_conversations_routed_on_matched_blocks_from_cache": f"{len(on_cache)}/{len(old_after)}"}
 
 
 def run_scenario(name, fleet, args):
