@@ -99,6 +99,11 @@ pub struct PodLoad {
     pub kv_usage: f64,
 }
 
+/// Candidates a route answer lists at most: enough for the picker's fallbacks and for a
+/// person reading a decision, few enough that the answer stays small in any fleet (the
+/// whole list of 1,024 engines was 0.3 MB of JSON a decision).
+pub const ANSWER_CANDIDATES: usize = 8;
+
 /// One candidate as scored, for humans and logs (the filter uses only the choice).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -130,6 +135,8 @@ pub struct RouteAnswer {
     /// In-flight ticket, released by [`CompleteRequest`] when the response ends.
     pub ticket: u64,
     pub reason: Reason,
+    /// The chosen pod first, then the next best by what the choice minimized
+    /// (`load_cost`), at most [`ANSWER_CANDIDATES`] in all.
     pub candidates: Vec<Candidate>,
     /// Prompt tokens, when the indexer tokenized the body (`/v1/route/prompt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,8 @@
 //! of decisions know (`PodMatch`, `Pending`) and what its metrics said (`PodLoad`), and turns
 //! the answer back into pods and the candidates `/v1/route` reports.
 
-use kvroute_scoring::{choose, Pending, PodView, Request};
+use kvroute_api::ANSWER_CANDIDATES;
+use kvroute_scoring::{choose, Pending, PodView, Request, Score};
 pub use kvroute_scoring::{Reason, Weights as ScoringWeights};
 
 use crate::index::PodMatch;
@@ -54,11 +55,10 @@ pub fn decide(
         first_key: keys.first().copied(),
     };
     let d = choose(weights, &views, &request)?;
-    let candidates: Vec<Candidate> = pods
-        .iter()
-        .zip(&views)
-        .zip(&d.scores)
-        .map(|(((pod, load, pending), view), score)| Candidate {
+    let candidates: Vec<Candidate> = answer_order(&d.scores, d.pod)
+        .into_iter()
+        .map(|i| (&pods[i], &views[i], &d.scores[i]))
+        .map(|((pod, load, pending), view, score)| Candidate {
             endpoint: pod.endpoint.to_string(),
             dp_rank: pod.dp_rank,
             matched_blocks: view.any_tier_blocks,
@@ -74,7 +74,7 @@ pub fn decide(
             },
         })
         .collect();
-    let chosen = &candidates[d.pod];
+    let chosen = &candidates[0];
     Some(Decision {
         pod: pods[d.pod].0.clone(),
         matched_blocks: chosen.matched_blocks,
@@ -82,6 +82,20 @@ pub fn decide(
         reason: d.reason,
         candidates,
     })
+}
+
+/// The pods the answer lists: the chosen one, then the cheapest others, at most
+/// [`ANSWER_CANDIDATES`]; linear in the fleet (only the few listed are sorted).
+fn answer_order(scores: &[Score], chosen: usize) -> Vec<usize> {
+    let by_cost = |a: &usize, b: &usize| scores[*a].cost.total_cmp(&scores[*b].cost);
+    let mut others: Vec<usize> = (0..scores.len()).filter(|&i| i != chosen).collect();
+    let keep = others.len().min(ANSWER_CANDIDATES - 1);
+    if keep < others.len() {
+        others.select_nth_unstable_by(keep, by_cost);
+        others.truncate(keep);
+    }
+    others.sort_by(by_cost);
+    std::iter::once(chosen).chain(others).collect()
 }
 
 #[cfg(test)]
@@ -112,6 +126,52 @@ mod tests {
             (pod(2), 90, Reason::CacheHit, 640.0)
         );
         assert_eq!(d.candidates.len(), 3);
-        assert_eq!(d.candidates[1].saved_tokens, 5_760.0);
+        // The chosen pod first, its cached prefix saved.
+        assert_eq!(d.candidates[0].endpoint, "10.0.0.2:8000");
+        assert_eq!(d.candidates[0].saved_tokens, 5_760.0);
+    }
+
+    #[test]
+    fn the_answer_lists_the_chosen_pod_then_the_cheapest_few() {
+        let pods: Vec<(PodId, PodLoad, Pending)> = (1..=40)
+            .map(|n| {
+                let load = PodLoad {
+                    waiting: f64::from(n % 7),
+                    ..PodLoad::default()
+                };
+                (pod(n), load, Pending::default())
+            })
+            .collect();
+        let matches = [PodMatch {
+            pod: pod(33),
+            gpu_blocks: 90,
+            any_tier_blocks: 90,
+        }];
+        let keys: Vec<u64> = (0..100).collect();
+        let d = decide(&ScoringWeights::default(), &pods, &matches, &keys, 64).unwrap();
+        assert_eq!(d.pod, pod(33));
+        assert_eq!(d.candidates.len(), ANSWER_CANDIDATES);
+        assert_eq!(d.candidates[0].endpoint, "10.0.0.33:8000");
+        let costs: Vec<f64> = d.candidates[1..].iter().map(|c| c.load_cost).collect();
+        assert!(costs.windows(2).all(|w| w[0] <= w[1]), "{costs:?}");
+        // They are the cheapest of the others: no pod left out costs less.
+        let request = Request {
+            prompt_tokens: 6400,
+            block_size: 64,
+            first_key: Some(0),
+        };
+        let mut others: Vec<f64> = pods
+            .iter()
+            .filter(|(p, _, _)| p != &pod(33))
+            .map(|(_, l, _)| {
+                let view = PodView {
+                    waiting: l.waiting,
+                    ..PodView::default()
+                };
+                ScoringWeights::default().score(&view, &request).cost
+            })
+            .collect();
+        others.sort_by(f64::total_cmp);
+        assert_eq!(costs, others[..ANSWER_CANDIDATES - 1]);
     }
 }
