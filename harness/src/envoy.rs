@@ -66,11 +66,14 @@ impl EppBodyMode {
 /// bound on the delay it may add before failing open.
 pub const EPP_MESSAGE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Envoy's load balancers on the cluster of every pod.
+/// Envoy's load balancers on the cluster of every pod. The default, the balancer of
+/// requests kvroute did not route, is round robin: least request prefers a dead pod (no
+/// active requests) and spent every retry on refused connections with real vLLM (41 of 200
+/// unrouted requests with 1 live and 2 dead pods; round robin 0; README "Real vLLM").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PodsLbPolicy {
-    #[default]
     LeastRequest,
+    #[default]
     RoundRobin,
     Random,
 }
