@@ -556,43 +556,13 @@ async fn a_prompt_flood_leaves_other_routes_fast() {
     .await;
     let text = "the quick brown fox jumps over the lazy dog ".repeat(4_000);
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": text}]}).to_string();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut flood = Vec::new();
-    for _ in 0..6 {
-        let (stop, body, addr) = (stop.clone(), body.clone(), d.addr);
-        flood.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut answered = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = http
-                    .post(format!(
-                        "http://{addr}/v1/route/prompt?path=/v1/chat/completions"
-                    ))
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                answered.push(r.status().as_u16());
-            }
-            answered
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let http = reqwest::Client::new();
-    let mut times = Vec::new();
-    for i in 0..150u64 {
-        let t = Instant::now();
-        assert_eq!(route(&http, d.addr, &[i, 7, 8]).await.status(), 200);
-        times.push(t.elapsed());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut statuses = Vec::new();
-    for f in flood {
-        statuses.extend(f.await.unwrap());
-    }
-    times.sort();
-    let p99 = times[times.len() * 99 / 100];
+    let (statuses, p99) = flood_while_routing(
+        d.addr,
+        6,
+        "/v1/route/prompt?path=/v1/chat/completions",
+        body,
+    )
+    .await;
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 503),
         "{statuses:?}"
@@ -619,42 +589,7 @@ async fn a_flood_of_large_routes_leaves_small_routes_fast() {
     let hashes: Vec<u64> = (1_000_000..1_010_000).collect();
     let body = json!({"model": MODEL, "block_hashes": hashes}).to_string();
     assert!(body.len() > 64 << 10);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut flood = Vec::new();
-    for _ in 0..4 {
-        let (stop, body, addr) = (stop.clone(), body.clone(), d.addr);
-        flood.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut answered = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = http
-                    .post(format!("http://{addr}/v1/route"))
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                answered.push(r.status().as_u16());
-            }
-            answered
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let http = reqwest::Client::new();
-    let mut times = Vec::new();
-    for i in 0..150u64 {
-        let t = Instant::now();
-        assert_eq!(route(&http, d.addr, &[i, 7, 8]).await.status(), 200);
-        times.push(t.elapsed());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut statuses = Vec::new();
-    for f in flood {
-        statuses.extend(f.await.unwrap());
-    }
-    times.sort();
-    let p99 = times[times.len() * 99 / 100];
+    let (statuses, p99) = flood_while_routing(d.addr, 4, "/v1/route", body).await;
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 503),
         "{statuses:?}"
@@ -712,4 +647,50 @@ async fn the_shared_secret_is_required_when_configured() {
         assert_eq!(r.status(), 200, "{open}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `clients` post `body` to `path` without pause while 150 small routes run one after
+/// another; the flood's statuses and the small routes' p99.
+async fn flood_while_routing(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    path: &'static str,
+    body: String,
+) -> (Vec<u16>, Duration) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..clients {
+        let (stop, body) = (stop.clone(), body.clone());
+        flood.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answered = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http
+                    .post(format!("http://{addr}{path}"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                answered.push(r.status().as_u16());
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = reqwest::Client::new();
+    let mut times = Vec::new();
+    for i in 0..150u64 {
+        let t = Instant::now();
+        assert_eq!(route(&http, addr, &[i, 7, 8]).await.status(), 200);
+        times.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for f in flood {
+        statuses.extend(f.await.unwrap());
+    }
+    times.sort();
+    (statuses, times[times.len() * 99 / 100])
 }

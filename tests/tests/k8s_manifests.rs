@@ -87,7 +87,7 @@ fn broken_manifests_are_refused() {
         // local template (dead_pod_failover) is required in the overlays too.
         (
             "overlays/istio/envoyfilter.yaml",
-            "retry_on: connect-failure,reset-before-request",
+            "retry_on: connect-failure,reset-before-request,reset",
             "retry_on: 5xx",
             "the picked route's retry_policy is not envoy/kvroute.yaml.tmpl's",
         ),
