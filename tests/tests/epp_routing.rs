@@ -110,14 +110,7 @@ fn picked(stack: &Stack, backend: &str, nth: usize) -> Option<String> {
 
 #[test]
 fn eight_backends_twenty_prefixes_follow_their_prefix_through_the_picker() {
-    let stack = Stack::builder()
-        .backends(8)
-        .qwen3()
-        .kv_engines()
-        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])))
-        .epp(EppOptions::default())
-        .start()
-        .expect("stack");
+    let stack = picker_stack(8);
     let mut rng = StdRng::seed_from_u64(11);
     let mut customers: Vec<u64> = (100..120).collect();
     customers.shuffle(&mut rng);
@@ -164,14 +157,7 @@ fn eight_backends_twenty_prefixes_follow_their_prefix_through_the_picker() {
 
 #[test]
 fn with_the_picker_killed_every_request_is_still_served() {
-    let mut stack = Stack::builder()
-        .backends(3)
-        .qwen3()
-        .kv_engines()
-        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])))
-        .epp(EppOptions::default())
-        .start()
-        .expect("stack");
+    let mut stack = picker_stack(3);
     let r = ask(&stack, 1, "before");
     assert!(Stack::served_by(&r).is_ok());
     assert_eq!(epp_count(&stack, "routed"), 1);
@@ -188,4 +174,17 @@ fn with_the_picker_killed_every_request_is_still_served() {
     }
     let served: usize = stack.backends.iter().map(|b| b.hit_count()).sum();
     assert_eq!(served, 7);
+}
+
+/// `backends` engines publishing KV events, the real `kvroute serve`, and Envoy asking it
+/// as the endpoint picker.
+fn picker_stack(backends: usize) -> Stack {
+    Stack::builder()
+        .backends(backends)
+        .qwen3()
+        .kv_engines()
+        .indexer(IndexerSpec::Kvroute(kvroute_serve(&[])))
+        .epp(EppOptions::default())
+        .start()
+        .expect("stack")
 }
