@@ -96,6 +96,8 @@ fn a_replica_killed_under_load_costs_no_request_and_no_routing() {
         stack.logs()
     );
 
+    // Calls so far (tokenizer fetches): only the second turns' calls count below.
+    let calls_at_start = route_calls_per_replica(&stack);
     let listen = stack.listen();
     let turns = Arc::new(Mutex::new(Vec::<Turn>::new()));
     let killed = Arc::new(AtomicBool::new(false));
@@ -144,6 +146,19 @@ fn a_replica_killed_under_load_costs_no_request_and_no_routing() {
     while count(false) < BEFORE_KILL && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The failover below starts from both replicas answering: Envoy's workers spread the
+    // route calls over both. (A replica the workers left out would make the kill of the
+    // other one cost every call until the ejection reached them.)
+    let calls: Vec<u64> = route_calls_per_replica(&stack)
+        .iter()
+        .zip(&calls_at_start)
+        .map(|(now, start)| now - start)
+        .collect();
+    assert!(
+        calls.len() == 2 && calls.iter().all(|&n| n > 0),
+        "Envoy did not spread the calls over both replicas before the kill: {calls:?}\n{}",
+        stack.logs()
+    );
     stack.kill_indexer_replica(0);
     killed.store(true, Ordering::Relaxed);
     while count(true) < AFTER_KILL && Instant::now() < deadline {
@@ -211,4 +226,16 @@ fn a_replica_killed_under_load_costs_no_request_and_no_routing() {
     let survivor = http::send(replicas[1], "GET", "/readyz", &[], b"").unwrap();
     assert_eq!(survivor.status, 200);
     assert!(http::send(replicas[0], "GET", "/readyz", &[], b"").is_err());
+}
+
+/// Requests Envoy sent to each indexer replica so far (its `/clusters` counters).
+fn route_calls_per_replica(stack: &Stack) -> Vec<u64> {
+    let clusters = http::send(stack.envoy.admin, "GET", "/clusters", &[], b"")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .unwrap_or_default();
+    clusters
+        .lines()
+        .filter(|l| l.starts_with("kvroute_indexer::") && l.contains("::rq_total::"))
+        .filter_map(|l| l.rsplit("::").next()?.parse().ok())
+        .collect()
 }
