@@ -319,6 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_real_vllm_page() {
+        // Idle: every gauge 0. The `_by_reason` siblings of the waiting gauge are not it.
+        let page = kvroute_testdata::vllm_metrics_page();
+        assert_eq!(
+            parse_vllm_metrics(&page),
+            EngineGauges {
+                waiting: 0.0,
+                running: 0.0,
+                kv_usage: 0.0,
+                process_start_time: Some(1.79611738928e9),
+            }
+        );
+        // The same page with a queue: the value is read, not defaulted.
+        let busy = page.replace(
+            "vllm:num_requests_waiting{engine=\"0\",model_name=\"Qwen3-32B\"} 0.0",
+            "vllm:num_requests_waiting{engine=\"0\",model_name=\"Qwen3-32B\"} 7.0",
+        );
+        assert_eq!(parse_vllm_metrics(&busy).waiting, 7.0);
+    }
+
+    #[test]
     fn tickets_count_until_complete_or_expired() {
         let reg = PodRegistry::new(Some("m".into()));
         let pod = PodId {

@@ -36,6 +36,13 @@ pub fn tokenizer_dir(model: &str) -> PathBuf {
     tokenizers_dir().join(model)
 }
 
+/// A real vLLM 0.32 engine's `GET /metrics` page (`vllm-0.32/metrics.txt`: the engine of
+/// the captures, idle after three requests).
+pub fn vllm_metrics_page() -> String {
+    std::fs::read_to_string(testdata_dir().join("vllm-0.32/metrics.txt"))
+        .expect("vllm-0.32/metrics.txt")
+}
+
 /// The requests the vLLM 0.32 captures were made with (`vllm-0.32/requests.json`).
 pub fn vllm_requests() -> Value {
     read_json(&testdata_dir().join("vllm-0.32/requests.json"))
