@@ -171,7 +171,17 @@ impl Exchange {
                 if h.end_of_stream {
                     return vec![self.fail_open(FailOpen::EmptyBody, true)];
                 }
+                let declared = protocol::header(&h, "content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
                 match self.request_mode {
+                    BodySendMode::Buffered | BodySendMode::BufferedPartial
+                        if declared.is_some_and(|n| n > self.max_body_bytes) =>
+                    {
+                        // Known too big before a byte of it: never held, never sent here.
+                        self.phase = Phase::Done;
+                        self.outcome = Some(Outcome::FailOpen(FailOpen::Oversized));
+                        vec![protocol::request_headers_answer_without_body()]
+                    }
                     BodySendMode::Buffered | BodySendMode::BufferedPartial => {
                         self.phase = Phase::Collecting;
                         vec![protocol::headers_continue(true)]
@@ -574,6 +584,32 @@ mod tests {
         let out = x.on_message(body(b"route", true), &p);
         assert_eq!(destination(&out[0]).as_deref(), Some(""));
         assert!(p.picks.borrow().is_empty(), "never hashed");
+    }
+
+    #[test]
+    fn a_declared_length_past_the_limit_fails_open_at_the_headers_without_the_body() {
+        let p = Recorder::default();
+        for (length, held) in [("9", false), ("8", true)] {
+            let mut x = Exchange::new(8);
+            let mut msg = headers("POST", CHAT, false, Some(BodySendMode::BufferedPartial));
+            if let Some(processing_request::Request::RequestHeaders(h)) = &mut msg.request {
+                h.headers.as_mut().unwrap().headers.push(HeaderValue {
+                    key: "content-length".into(),
+                    raw_value: length.as_bytes().to_vec(),
+                    ..Default::default()
+                });
+            }
+            let out = x.on_message(msg, &p);
+            let body_mode = out[0].mode_override.as_ref().map(|m| m.request_body_mode);
+            if held {
+                assert_eq!(body_mode, None, "a body within the limit is asked for");
+                assert_eq!(x.outcome(), None);
+            } else {
+                assert_eq!(body_mode, Some(BodySendMode::None as i32));
+                assert_eq!(destination(&out[0]).as_deref(), Some(""));
+                assert_eq!(x.outcome(), Some(&Outcome::FailOpen(FailOpen::Oversized)));
+            }
+        }
     }
 
     #[test]

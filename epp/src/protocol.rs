@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     body_mutation, processing_response, BodyMutation, BodyResponse, CommonResponse, HeaderMutation,
@@ -170,6 +172,21 @@ pub fn request_headers_answer(dest: &Destination) -> ProcessingResponse {
             response: Some(common),
         })
     })
+}
+
+/// The fail-open answer to `request_headers` for a body that cannot be held (its declared
+/// length is past the limit): no destination, and Envoy is told not to send the body
+/// (`mode_override`, honoured with the filter's `allow_mode_override`). In
+/// `BUFFERED_PARTIAL`, Envoy 1.40 otherwise buffers to its limit and sends a partial body;
+/// when the end of the stream arrives while that answer is pending, the request hangs.
+pub fn request_headers_answer_without_body() -> ProcessingResponse {
+    ProcessingResponse {
+        mode_override: Some(ProcessingMode {
+            request_body_mode: BodySendMode::None as i32,
+            ..Default::default()
+        }),
+        ..request_headers_answer(&Destination::FailOpen)
+    }
 }
 
 /// The answer to a buffered `request_body` carrying the destination (buffered modes: the
