@@ -902,11 +902,20 @@ impl Stack {
     /// Send `signal` to the indexer process (`libc::SIGSTOP` makes it a picker that never
     /// answers, `SIGCONT` resumes it); false without one.
     pub fn signal_indexer(&self, signal: i32) -> bool {
-        match &self.indexer_process {
-            // SAFETY: kill(2) on a pid this stack spawned and still owns.
-            Some(p) => unsafe { libc::kill(p.pid() as i32, signal) == 0 },
-            None => false,
+        let Some(p) = &self.indexer_process else {
+            return false;
+        };
+        let pid = p.pid();
+        // SAFETY: kill(2) on a pid this stack spawned and still owns.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            return false;
         }
+        if signal == libc::SIGSTOP {
+            // kill(2) returns before every thread has stopped: wait until the kernel says
+            // the process is stopped, so that what follows meets a picker that cannot answer.
+            return wait_until(Duration::from_secs(2), || process_state(pid) == Some('T'));
+        }
+        true
     }
 
     /// Waits (up to 5 s) until the indexer has learned blocks of `engine` (`ip:port`) from
@@ -976,4 +985,11 @@ impl Drop for Stack {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A process's state letter from `/proc/<pid>/stat` (`T`: stopped), if readable.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
