@@ -178,9 +178,9 @@ impl Exchange {
                         if declared.is_some_and(|n| n > self.max_body_bytes) =>
                     {
                         // Known too big before a byte of it: never held, never sent here.
-                        self.phase = Phase::Done;
-                        self.outcome = Some(Outcome::FailOpen(FailOpen::Oversized));
-                        vec![protocol::request_headers_answer_without_body()]
+                        vec![protocol::without_body(
+                            self.fail_open(FailOpen::Oversized, true),
+                        )]
                     }
                     BodySendMode::Buffered | BodySendMode::BufferedPartial => {
                         self.phase = Phase::Collecting;

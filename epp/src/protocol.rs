@@ -174,18 +174,18 @@ pub fn request_headers_answer(dest: &Destination) -> ProcessingResponse {
     })
 }
 
-/// The fail-open answer to `request_headers` for a body that cannot be held (its declared
-/// length is past the limit): no destination, and Envoy is told not to send the body
-/// (`mode_override`, honoured with the filter's `allow_mode_override`). In
-/// `BUFFERED_PARTIAL`, Envoy 1.40 otherwise buffers to its limit and sends a partial body;
-/// when the end of the stream arrives while that answer is pending, the request hangs.
-pub fn request_headers_answer_without_body() -> ProcessingResponse {
+/// `answer` (to `request_headers`) telling Envoy not to send the body (`mode_override`,
+/// honoured with the filter's `allow_mode_override`): for a body already known to be past
+/// the limit. In `BUFFERED_PARTIAL`, Envoy 1.40 otherwise buffers to its limit and sends a
+/// partial body; when the end of the stream arrives while that answer is pending, the
+/// request hangs.
+pub fn without_body(answer: ProcessingResponse) -> ProcessingResponse {
     ProcessingResponse {
         mode_override: Some(ProcessingMode {
             request_body_mode: BodySendMode::None as i32,
             ..Default::default()
         }),
-        ..request_headers_answer(&Destination::FailOpen)
+        ..answer
     }
 }
 

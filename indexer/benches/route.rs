@@ -408,7 +408,7 @@ fn http_bench(fleet: &workload::Fleet) -> (Http, f64) {
         // server's threads and the blocking pool are made then (the first ~150 requests of
         // a cold start took 5-40 ms each), not in the measured seconds. Reported apart.
         let warm_bodies: Vec<String> = fleet.hits.iter().skip(1000).take(1000).map(body).collect();
-        let warm = paced(&client, &url, &warm_bodies, 1000).await;
+        let mut warm = paced(&client, &url, &warm_bodies, 1000).await;
         let bodies: Vec<String> = fleet.hits.iter().take(1000).map(body).collect();
         let mut lat = paced(&client, &url, &bodies, 3000).await;
         // An overloaded daemon is a result, not a crash: the table says how many answered.
@@ -421,7 +421,6 @@ fn http_bench(fleet: &workload::Fleet) -> (Http, f64) {
                 percentile(lat, p).as_secs_f64() * 1e3
             }
         };
-        let mut warm = warm;
         warm.sort();
         (
             Http {

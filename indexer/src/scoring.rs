@@ -109,18 +109,23 @@ mod tests {
         }
     }
 
+    /// The decision for a 100-block request whose first 90 blocks pod `n` holds.
+    fn decide_with_90_of_100_blocks_on(pods: &[(PodId, PodLoad, Pending)], n: u8) -> Decision {
+        let matches = [PodMatch {
+            pod: pod(n),
+            gpu_blocks: 90,
+            any_tier_blocks: 90,
+        }];
+        let keys: Vec<u64> = (0..100).collect();
+        decide(&ScoringWeights::default(), pods, &matches, &keys, 64).unwrap()
+    }
+
     #[test]
     fn the_chosen_pod_and_its_uncached_work_come_back_as_pods() {
         let pods: Vec<(PodId, PodLoad, Pending)> = (1..=3)
             .map(|n| (pod(n), PodLoad::default(), Pending::default()))
             .collect();
-        let matches = [PodMatch {
-            pod: pod(2),
-            gpu_blocks: 90,
-            any_tier_blocks: 90,
-        }];
-        let keys: Vec<u64> = (0..100).collect();
-        let d = decide(&ScoringWeights::default(), &pods, &matches, &keys, 64).unwrap();
+        let d = decide_with_90_of_100_blocks_on(&pods, 2);
         assert_eq!(
             (d.pod, d.matched_blocks, d.reason, d.uncached_tokens),
             (pod(2), 90, Reason::CacheHit, 640.0)
@@ -142,13 +147,7 @@ mod tests {
                 (pod(n), load, Pending::default())
             })
             .collect();
-        let matches = [PodMatch {
-            pod: pod(33),
-            gpu_blocks: 90,
-            any_tier_blocks: 90,
-        }];
-        let keys: Vec<u64> = (0..100).collect();
-        let d = decide(&ScoringWeights::default(), &pods, &matches, &keys, 64).unwrap();
+        let d = decide_with_90_of_100_blocks_on(&pods, 33);
         assert_eq!(d.pod, pod(33));
         assert_eq!(d.candidates.len(), ANSWER_CANDIDATES);
         assert_eq!(d.candidates[0].endpoint, "10.0.0.33:8000");

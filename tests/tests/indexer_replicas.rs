@@ -186,9 +186,7 @@ fn a_replica_killed_under_load_costs_no_request_and_no_routing() {
         .filter(|l| !l.ends_with(" 0"))
         .collect::<Vec<_>>()
         .join("\n");
-    let hosts = http::send(stack.envoy.admin, "GET", "/clusters", &[], b"")
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .unwrap_or_default();
+    let hosts = clusters_page(&stack);
     let filter_stats = format!(
         "{filter_stats}\n{}",
         hosts
@@ -228,12 +226,16 @@ fn a_replica_killed_under_load_costs_no_request_and_no_routing() {
     assert!(http::send(replicas[0], "GET", "/readyz", &[], b"").is_err());
 }
 
+/// Envoy's `/clusters` page: every host's counters and health flags.
+fn clusters_page(stack: &Stack) -> String {
+    http::send(stack.envoy.admin, "GET", "/clusters", &[], b"")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .unwrap_or_default()
+}
+
 /// Requests Envoy sent to each indexer replica so far (its `/clusters` counters).
 fn route_calls_per_replica(stack: &Stack) -> Vec<u64> {
-    let clusters = http::send(stack.envoy.admin, "GET", "/clusters", &[], b"")
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .unwrap_or_default();
-    clusters
+    clusters_page(stack)
         .lines()
         .filter(|l| l.starts_with("kvroute_indexer::") && l.contains("::rq_total::"))
         .filter_map(|l| l.rsplit("::").next()?.parse().ok())
