@@ -15,6 +15,7 @@ use kvroute_harness::stack::{
 use crate::config::Plan;
 use crate::policy::{deployment, Deployment as Kind, Policy};
 use crate::report::LiveHealth;
+use crate::scrape::Histogram;
 
 /// Where the load goes and whom to scrape.
 pub struct Target {
@@ -62,12 +63,28 @@ impl Deployment {
     /// The engines' CPU dilation over `wall_seconds` and the filter's counters in `routing`.
     pub fn health(&self, routing: &[(String, f64)], wall_seconds: f64) -> LiveHealth {
         let mut dilation = 0.0;
+        let mut engine_ttft: Option<Histogram> = None;
         for e in &self.stack.pods {
             if let Ok(r) = kvroute_harness::http::send(*e, "GET", "/metrics", &[], b"") {
                 let text = String::from_utf8_lossy(&r.body);
                 dilation += crate::scrape::gauge(&text, ENGINE_DILATION_METRIC).unwrap_or(0.0);
+                if let Some(h) = Histogram::parse(&text, ENGINE_TTFT_METRIC) {
+                    engine_ttft.get_or_insert_with(Histogram::default).add(&h);
+                }
             }
         }
+        // Only kvroute's deployments run the filter; its histograms are microseconds.
+        let envoy_page = (!routing.is_empty())
+            .then(|| self.stack.envoy.prometheus().ok())
+            .flatten();
+        let filter = |name: &str| {
+            envoy_page
+                .as_deref()
+                .and_then(|text| Histogram::parse(text, name))
+        };
+        let decision = filter(FILTER_DECISION_US);
+        let hash = filter(FILTER_HASH_US);
+        let ms = |v: Option<f64>| v.map(|us| us / 1000.0);
         let sum = |prefix: &str| {
             let found: Vec<f64> = routing
                 .iter()
@@ -82,6 +99,12 @@ impl Deployment {
                 / wall_seconds.max(1e-9),
             filter_routed: sum(FILTER_ROUTED),
             filter_fail_open: sum(FILTER_FAIL_OPEN),
+            client_ttft_mean: None,
+            engine_ttft_mean: engine_ttft.as_ref().and_then(Histogram::mean),
+            engine_ttft_p90: engine_ttft.as_ref().and_then(|h| h.quantile(0.9)),
+            filter_decision_ms_mean: ms(decision.as_ref().and_then(Histogram::mean)),
+            filter_decision_ms_p90: ms(decision.as_ref().and_then(|h| h.quantile(0.9))),
+            filter_hash_ms_mean: ms(hash.as_ref().and_then(Histogram::mean)),
         }
     }
 
@@ -98,6 +121,12 @@ impl Deployment {
 const FILTER_ROUTED: &str = "kvroute_routed";
 /// Prefix of the filter's fail-open counters, one per reason (`kvroute_fail_open_timeout`).
 const FILTER_FAIL_OPEN: &str = "kvroute_fail_open";
+
+/// The filter's histograms (microseconds): its whole decision, and tokenizing plus hashing.
+const FILTER_DECISION_US: &str = "kvroute_decision_us";
+const FILTER_HASH_US: &str = "kvroute_hash_us";
+/// vLLM's (and the simulated engine's) time-to-first-token histogram.
+const ENGINE_TTFT_METRIC: &str = "vllm:time_to_first_token_seconds";
 
 /// The simulated engine's counter of wall seconds its clock fell behind for good.
 const ENGINE_DILATION_METRIC: &str = "kvroute_sim_dilation_seconds_total";

@@ -22,12 +22,48 @@ pub struct LiveHealth {
     /// Requests the filter routed through the indexer, and those it failed open on.
     pub filter_routed: Option<f64>,
     pub filter_fail_open: Option<f64>,
+    /// Where a first token's time goes, whole run (warm-up included): the client's mean
+    /// TTFT, the engines' own (`vllm:time_to_first_token_seconds`, from the request's
+    /// arrival at the engine), both engine seconds; the filter's wall milliseconds per
+    /// request (its whole decision, and tokenizing plus hashing within it).
+    #[serde(default)]
+    pub client_ttft_mean: Option<f64>,
+    #[serde(default)]
+    pub engine_ttft_mean: Option<f64>,
+    #[serde(default)]
+    pub engine_ttft_p90: Option<f64>,
+    #[serde(default)]
+    pub filter_decision_ms_mean: Option<f64>,
+    #[serde(default)]
+    pub filter_decision_ms_p90: Option<f64>,
+    #[serde(default)]
+    pub filter_hash_ms_mean: Option<f64>,
+}
+
+impl LiveHealth {
+    /// The share of routed-or-failed-open requests the filter failed open on.
+    pub fn fail_open_share(&self) -> Option<f64> {
+        let open = self.filter_fail_open?;
+        let all = open + self.filter_routed.unwrap_or(0.0);
+        (all > 0.0).then(|| open / all)
+    }
+
+    /// Whether the run measured the machine as much as the stack.
+    pub fn flagged(&self, send_lag_p99: f64) -> bool {
+        self.engine_dilation > MAX_ENGINE_DILATION
+            || send_lag_p99 > MAX_SEND_LAG_P99
+            || self.fail_open_share().is_some_and(|s| s > MAX_FAIL_OPEN_SHARE)
+    }
 }
 
 /// Past these a live run says it measured the machine as much as the stack.
 pub const MAX_ENGINE_DILATION: f64 = 0.05;
 /// Load-generator lag (P99, engine seconds) past which arrivals were not open-loop Poisson.
 pub const MAX_SEND_LAG_P99: f64 = 0.5;
+/// Failing open on more than this share of requests means the filter could not keep up
+/// with the machine (it times out rather than delay a request), so the run did not measure
+/// kvroute's routing.
+pub const MAX_FAIL_OPEN_SHARE: f64 = 0.01;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PolicyRun {
@@ -385,17 +421,16 @@ impl Results {
             let _ = writeln!(
                 md,
                 "A run is flagged when an engine's clock fell behind by more than {:.0}% of the \
-                 wall time (CPU dilation) or the load generator's P99 send lag exceeds {} engine \
-                 seconds.\n",
+                 wall time (CPU dilation), the load generator's P99 send lag exceeds {} engine \
+                 seconds, or the filter failed open on more than {:.0}% of requests.\n",
                 MAX_ENGINE_DILATION * 100.0,
-                MAX_SEND_LAG_P99
+                MAX_SEND_LAG_P99,
+                MAX_FAIL_OPEN_SHARE * 100.0
             );
             md.push_str("| policy | engine dilation | send lag P99 (s) | send lag max (s) | filter routed | filter fail-open | flagged |\n|---|---:|---:|---:|---:|---:|---|\n");
             for p in &self.live {
                 let h = p.lag.clone().unwrap_or_default();
                 let s = &p.figures.overall;
-                let flagged =
-                    h.engine_dilation > MAX_ENGINE_DILATION || s.send_lag_p99 > MAX_SEND_LAG_P99;
                 let opt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or("—".into());
                 let _ = writeln!(
                     md,
@@ -406,8 +441,40 @@ impl Results {
                     s.send_lag_max,
                     opt(h.filter_routed),
                     opt(h.filter_fail_open),
-                    if flagged { "**yes**" } else { "no" }
+                    if h.flagged(s.send_lag_p99) { "**yes**" } else { "no" }
                 );
+            }
+            if self.live.iter().any(|p| p.lag.as_ref().is_some_and(|h| h.engine_ttft_mean.is_some())) {
+                md.push_str(
+                    "\n### Where the time to first token goes (whole run, warm-up included)\n\n\
+                     `client` is what the load generator saw; `engine` is the engines' own \
+                     `vllm:time_to_first_token_seconds` (from the request's arrival at the \
+                     engine; P90 interpolated in vLLM's buckets); `path` is the difference of the \
+                     means: Envoy, the filter, the network and the SSE relay, in engine seconds \
+                     (wall seconds x the time scale). The filter's columns are wall milliseconds \
+                     per request (P90 in Envoy's coarse buckets).\n\n\
+                     | policy | client mean (s) | engine mean (s) | engine P90 (s) | path mean (s) | filter decision mean / P90 (ms) | filter tokenize + hash mean (ms) |\n\
+                     |---|---:|---:|---:|---:|---:|---:|\n",
+                );
+                for p in &self.live {
+                    let h = p.lag.clone().unwrap_or_default();
+                    let f = |v: Option<f64>, d: usize| {
+                        v.map(|v| format!("{v:.d$}")).unwrap_or("—".into())
+                    };
+                    let path = h.client_ttft_mean.zip(h.engine_ttft_mean).map(|(c, e)| c - e);
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} | {} / {} | {} |",
+                        p.policy,
+                        f(h.client_ttft_mean, 3),
+                        f(h.engine_ttft_mean, 3),
+                        f(h.engine_ttft_p90, 3),
+                        f(path, 3),
+                        f(h.filter_decision_ms_mean, 2),
+                        f(h.filter_decision_ms_p90, 1),
+                        f(h.filter_hash_ms_mean, 2),
+                    );
+                }
             }
             md.push_str("\n### Per QPS step, live\n\n");
             per_step_table(&mut md, &self.live, &self.steps);

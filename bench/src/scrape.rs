@@ -28,6 +28,95 @@ pub fn gauge(text: &str, metric: &str) -> Option<f64> {
     found
 }
 
+/// A Prometheus histogram summed over every label set (and over pages, with `add`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// (upper bound, cumulative count), ascending; `+Inf` last.
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Histogram {
+    /// `metric`'s `_bucket`, `_sum` and `_count` series in Prometheus text, None if absent.
+    pub fn parse(text: &str, metric: &str) -> Option<Histogram> {
+        let mut h = Histogram::default();
+        let mut seen = false;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            let Some(value) = value else { continue };
+            if let Some(labels) = rest.strip_prefix("_bucket{") {
+                let Some(le) = labels
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|t| t.split('"').next())
+                    .and_then(|t| t.parse::<f64>().ok())
+                else {
+                    continue;
+                };
+                h.add_bucket(le, value);
+            } else if rest.starts_with("_sum") {
+                h.sum += value;
+            } else if rest.starts_with("_count") {
+                h.count += value;
+            } else {
+                continue;
+            }
+            seen = true;
+        }
+        seen.then_some(h)
+    }
+
+    fn add_bucket(&mut self, le: f64, cumulative: f64) {
+        match self.buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += cumulative,
+            None => {
+                self.buckets.push((le, cumulative));
+                self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+        }
+    }
+
+    /// Adds another page's histogram of the same metric (same buckets).
+    pub fn add(&mut self, other: &Histogram) {
+        for &(le, c) in &other.buckets {
+            self.add_bucket(le, c);
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+
+    /// The `q` quantile, interpolated linearly inside its bucket as Prometheus's
+    /// `histogram_quantile` does (so it is only as fine as the buckets).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(le, cumulative) in &self.buckets {
+            if cumulative >= rank {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = cumulative - below;
+                let at = if inside > 0.0 { (rank - below) / inside } else { 1.0 };
+                return Some(lower + (le - lower) * at);
+            }
+            (lower, below) = (le, cumulative);
+        }
+        Some(lower)
+    }
+}
+
 /// Scrapes `engines` every `period` (wall) until `stop` turns true.
 pub async fn sample_waiting(
     client: reqwest::Client,
@@ -80,5 +169,24 @@ mod tests {
                     vllm:num_requests_running{engine=\"0\"} 5\n";
         assert_eq!(gauge(text, "vllm:num_requests_waiting"), Some(3.0));
         assert_eq!(gauge(text, "vllm:num_requests_swapped"), None);
+    }
+
+    #[test]
+    fn reads_a_real_vllm_ttft_histogram_and_interpolates_quantiles() {
+        let page = kvroute_testdata::vllm_metrics_page();
+        let h = Histogram::parse(&page, "vllm:time_to_first_token_seconds").expect("histogram");
+        // The captured engine had answered 3 requests: 1 by 40 ms, 2 by 60 ms, 3 by 250 ms.
+        assert_eq!(h.count, 3.0);
+        assert_eq!(h.buckets.len(), 23);
+        assert!((h.mean().unwrap() - 0.1703033447265625 / 3.0).abs() < 1e-12);
+        // The median (rank 1.5) lies halfway through the (0.04, 0.06] bucket.
+        assert!((h.quantile(0.5).unwrap() - 0.05).abs() < 1e-9);
+        assert!((h.quantile(1.0).unwrap() - 0.25).abs() < 1e-9);
+        let mut twice = h.clone();
+        twice.add(&h);
+        assert_eq!(twice.count, 6.0);
+        assert_eq!(twice.buckets.len(), 23);
+        assert!((twice.quantile(0.5).unwrap() - 0.05).abs() < 1e-9);
+        assert_eq!(Histogram::parse(&page, "vllm:no_such_histogram"), None);
     }
 }

@@ -82,6 +82,13 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
+/// Mean TTFT of every request that got a first token, warm-up included (to set beside
+/// the engines' own histogram, which cannot tell the warm-up apart).
+pub fn mean_ttft(records: &[RequestRecord]) -> Option<f64> {
+    let ttfts: Vec<f64> = records.iter().filter_map(|r| r.ttft).collect();
+    (!ttfts.is_empty()).then(|| mean(&ttfts))
+}
+
 /// Inter-token latency of one request, if it streamed two tokens or more.
 fn itl(r: &RequestRecord) -> Option<f64> {
     let (ttft, end) = (r.ttft?, r.end?);

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -40,6 +40,8 @@ pub struct AppState {
     pub max_model_len: usize,
     /// Real seconds added before each first token (the API server's share of TTFT).
     pub first_token_delay: Duration,
+    /// Engine seconds per wall second (the TTFT histogram is in engine seconds).
+    pub time_scale: f64,
     pub served_by: String,
     pub started: u64,
     pub next_id: AtomicU64,
@@ -106,7 +108,30 @@ async fn reset_prefix_cache(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Observes a request's time to first token, from its arrival at the HTTP server, once.
+struct FirstTokenClock {
+    arrived: Instant,
+    time_scale: f64,
+    metrics: Arc<EngineMetrics>,
+    observed: bool,
+}
+
+impl FirstTokenClock {
+    fn first_token(&mut self) {
+        if !std::mem::replace(&mut self.observed, true) {
+            self.metrics
+                .observe_time_to_first_token(self.arrived.elapsed().as_secs_f64() * self.time_scale);
+        }
+    }
+}
+
 async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<Response, ApiError> {
+    let clock = FirstTokenClock {
+        arrived: Instant::now(),
+        time_scale: s.time_scale,
+        metrics: s.metrics.clone(),
+        observed: false,
+    };
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let options = Options::parse(&value, s.default_max_tokens)?;
@@ -158,6 +183,7 @@ async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<R
             meta,
             options,
             s.first_token_delay,
+            clock,
             tx,
         ));
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -168,7 +194,7 @@ async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<R
             .header(header::CACHE_CONTROL, "no-cache")
             .body(Body::from_stream(body))
     } else {
-        let answer = whole_answer(events, &meta, &options, &prompt, s.first_token_delay).await?;
+        let answer = whole_answer(events, &meta, &options, &prompt, s.first_token_delay, clock).await?;
         builder
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(answer.to_string()))
@@ -183,6 +209,7 @@ async fn whole_answer(
     options: &Options,
     prompt: &PromptBlocks,
     first_token_delay: Duration,
+    mut clock: FirstTokenClock,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut ids = Vec::new();
@@ -191,6 +218,7 @@ async fn whole_answer(
             TokenEvent::Token { first } => {
                 if first.is_some() {
                     tokio::time::sleep(first_token_delay).await;
+                    clock.first_token();
                 }
                 let (word, id) = output_token(ids.len());
                 text.push_str(word);
@@ -226,6 +254,7 @@ async fn stream_answer(
     meta: AnswerMeta,
     options: Options,
     first_token_delay: Duration,
+    mut clock: FirstTokenClock,
     out: mpsc::UnboundedSender<Result<Bytes, Infallible>>,
 ) {
     let mut sent = 0usize;
@@ -234,6 +263,7 @@ async fn stream_answer(
             TokenEvent::Token { first } => {
                 if first.is_some() {
                     tokio::time::sleep(first_token_delay).await;
+                    clock.first_token();
                     if let Some(role) = meta.role_chunk() {
                         if out.send(sse(&role)).is_err() {
                             return;

@@ -3,6 +3,9 @@
 //! the prefix-cache counters, labelled `engine` and `model_name` as vLLM's V1 engine does,
 //! and Python's `process_start_time_seconds` (the indexer learns from it that an engine
 //! restarted and lost its cache).
+//! `vllm:time_to_first_token_seconds` is vLLM's histogram with vLLM's buckets, in engine
+//! seconds from the request's arrival at the HTTP server: a benchmark tells from it what
+//! of a client's TTFT the engine spent and what the path to it (Envoy, the filter) added.
 
 use std::sync::atomic::AtomicU64;
 
@@ -10,7 +13,21 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// vLLM 0.32's `time_to_first_token_seconds` buckets, as its page shows them
+/// (testdata/vllm-0.32/metrics.txt).
+const TTFT_BUCKETS: [f64; 22] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+
+type HistogramFamily = Family<EngineLabels, Histogram, fn() -> Histogram>;
+
+fn ttft_histogram() -> Histogram {
+    Histogram::new(TTFT_BUCKETS)
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EngineLabels {
@@ -28,6 +45,7 @@ pub struct EngineMetrics {
     prompt_tokens: Family<EngineLabels, Counter>,
     generation_tokens: Family<EngineLabels, Counter>,
     request_success: Family<EngineLabels, Counter>,
+    time_to_first_token: HistogramFamily,
     /// Not vLLM's: wall seconds the simulated clock fell behind and never made up (the
     /// machine starved the engine), so a benchmark can tell a dilated run.
     dilation: Counter<f64, AtomicU64>,
@@ -48,6 +66,7 @@ impl EngineMetrics {
         let prompt_tokens = Family::<EngineLabels, Counter>::default();
         let generation_tokens = Family::<EngineLabels, Counter>::default();
         let request_success = Family::<EngineLabels, Counter>::default();
+        let time_to_first_token: HistogramFamily = Family::new_with_constructor(ttft_histogram);
         let mut registry = Registry::default();
         let start_time = Gauge::<f64, AtomicU64>::default();
         start_time.set(
@@ -101,6 +120,11 @@ impl EngineMetrics {
             "Count of successfully processed requests",
             request_success.clone(),
         );
+        registry.register(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            time_to_first_token.clone(),
+        );
         let dilation = Counter::<f64, AtomicU64>::default();
         registry.register(
             "kvroute_sim_dilation_seconds",
@@ -118,6 +142,7 @@ impl EngineMetrics {
             prompt_tokens,
             generation_tokens,
             request_success,
+            time_to_first_token,
             dilation,
             registry,
         };
@@ -127,7 +152,15 @@ impl EngineMetrics {
         let _ = m.prompt_tokens.get_or_create(&m.labels);
         let _ = m.generation_tokens.get_or_create(&m.labels);
         let _ = m.request_success.get_or_create(&m.labels);
+        let _ = m.time_to_first_token.get_or_create(&m.labels);
         m
+    }
+
+    /// One request's first token, `engine_seconds` after it reached the HTTP server.
+    pub fn observe_time_to_first_token(&self, engine_seconds: f64) {
+        self.time_to_first_token
+            .get_or_create(&self.labels)
+            .observe(engine_seconds);
     }
 
     pub fn set_queues(&self, running: usize, waiting: usize, kv_usage: f64) {

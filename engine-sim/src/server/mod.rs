@@ -142,6 +142,7 @@ pub async fn run(
         default_max_tokens: config.default_max_tokens,
         max_model_len,
         first_token_delay,
+        time_scale: config.time_scale,
         served_by,
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
