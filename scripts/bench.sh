@@ -4,7 +4,7 @@
 # and the fleet model at full scale. Release binaries: the engines and the indexer must keep up
 # with the time-scaled clock, or their own CPU time would show up as latency.
 #
-#   bash scripts/bench.sh            # full run (~30 min on 2 cores): docs/benchmarks/
+#   bash scripts/bench.sh            # full run, real time (~1.5 h for all six policies): docs/benchmarks/
 #   bash scripts/bench.sh --quick    # smoke run (< 3 min): target/bench-quick/
 #   bash scripts/bench.sh --policies precise,random --qps 3,30   # any kvroute-bench flag
 set -euo pipefail

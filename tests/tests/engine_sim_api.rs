@@ -166,6 +166,11 @@ fn a_long_prompt_streamed_twice_is_cached_in_whole_blocks() {
     assert_eq!(value("vllm:num_requests_waiting"), 0.0);
     assert!(value("vllm:kv_cache_usage_perc") >= 0.0);
     assert!(page.contains("# TYPE vllm:prefix_cache_hits counter"));
+    // Both first tokens are in vLLM's TTFT histogram, in vLLM's buckets.
+    assert_eq!(value("vllm:time_to_first_token_seconds_count"), 2.0);
+    assert!(value("vllm:time_to_first_token_seconds_sum") > 0.0);
+    assert!(page.contains("# TYPE vllm:time_to_first_token_seconds histogram"));
+    assert!(page.contains("le=\"2560.0\""), "{page}");
 }
 
 #[test]
