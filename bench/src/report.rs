@@ -52,7 +52,9 @@ impl LiveHealth {
     pub fn flagged(&self, send_lag_p99: f64) -> bool {
         self.engine_dilation > MAX_ENGINE_DILATION
             || send_lag_p99 > MAX_SEND_LAG_P99
-            || self.fail_open_share().is_some_and(|s| s > MAX_FAIL_OPEN_SHARE)
+            || self
+                .fail_open_share()
+                .is_some_and(|s| s > MAX_FAIL_OPEN_SHARE)
     }
 }
 
@@ -441,10 +443,18 @@ impl Results {
                     s.send_lag_max,
                     opt(h.filter_routed),
                     opt(h.filter_fail_open),
-                    if h.flagged(s.send_lag_p99) { "**yes**" } else { "no" }
+                    if h.flagged(s.send_lag_p99) {
+                        "**yes**"
+                    } else {
+                        "no"
+                    }
                 );
             }
-            if self.live.iter().any(|p| p.lag.as_ref().is_some_and(|h| h.engine_ttft_mean.is_some())) {
+            if self
+                .live
+                .iter()
+                .any(|p| p.lag.as_ref().is_some_and(|h| h.engine_ttft_mean.is_some()))
+            {
                 md.push_str(
                     "\n### Where the time to first token goes (whole run, warm-up included)\n\n\
                      `client` is what the load generator saw; `engine` is the engines' own \
@@ -461,7 +471,10 @@ impl Results {
                     let f = |v: Option<f64>, d: usize| {
                         v.map(|v| format!("{v:.d$}")).unwrap_or("—".into())
                     };
-                    let path = h.client_ttft_mean.zip(h.engine_ttft_mean).map(|(c, e)| c - e);
+                    let path = h
+                        .client_ttft_mean
+                        .zip(h.engine_ttft_mean)
+                        .map(|(c, e)| c - e);
                     let _ = writeln!(
                         md,
                         "| {} | {} | {} | {} | {} | {} / {} | {} |",

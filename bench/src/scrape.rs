@@ -108,7 +108,11 @@ impl Histogram {
                     return Some(lower);
                 }
                 let inside = cumulative - below;
-                let at = if inside > 0.0 { (rank - below) / inside } else { 1.0 };
+                let at = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
                 return Some(lower + (le - lower) * at);
             }
             (lower, below) = (le, cumulative);

@@ -127,7 +127,14 @@ struct Http {
     p99_ms: f64,
     answered: usize,
     warm_up_p99_ms: f64,
+    /// One decision in process (`Router::route`), p50 / p99 in us.
+    decision_us: (f64, f64),
 }
+
+/// Decisions in flight while the in-process decisions are timed: each is completed this
+/// many decisions later (1,000 decisions a second of ~1 s requests), so the ledger holds
+/// what a busy fleet's does.
+const DECISIONS_IN_FLIGHT: usize = 1_000;
 
 fn main() {
     let sizes: Vec<usize> = std::env::var("KVROUTE_BENCH_ENGINES")
@@ -139,12 +146,12 @@ fn main() {
         rows.push(measure(engines));
     }
     println!(
-        "| engines | (block, engine) entries | keys | heap per entry | process RSS | ingest, index alone | ingest, whole pipeline | lookup 112 keys, hit p50 / p99 | miss p50 | restart clear of one engine, median / max | /v1/route at 1,000 req/s for 3 s after 1 s of warm-up, p50 / p99 (answered 200 of 3,000); warm-up p99 | `kvroute serve` heap, index filled |"
+        "| engines | (block, engine) entries | keys | heap per entry | process RSS | ingest, index alone | ingest, whole pipeline | lookup 112 keys, hit p50 / p99 | miss p50 | restart clear of one engine, median / max | /v1/route at 1,000 req/s for 3 s after 1 s of warm-up, p50 / p99 (answered 200 of 3,000); warm-up p99 | one decision in process, p50 / p99 ({DECISIONS_IN_FLIGHT} in flight) | `kvroute serve` heap, index filled |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.1} B | {:.0} MiB | {:.2} M/s | {:.2} M/s | {:.2} / {:.2} us | {:.2} us | {:.0} / {:.0} us | {:.2} / {:.2} ms ({}); {:.1} ms | {:.0} MiB |",
+            "| {} | {} | {} | {:.1} B | {:.0} MiB | {:.2} M/s | {:.2} M/s | {:.2} / {:.2} us | {:.2} us | {:.0} / {:.0} us | {:.2} / {:.2} ms ({}); {:.1} ms | {:.0} / {:.0} us | {:.0} MiB |",
             r.engines,
             r.entries,
             r.keys,
@@ -161,6 +168,8 @@ fn main() {
             r.http.p99_ms,
             r.http.answered,
             r.http.warm_up_p99_ms,
+            r.http.decision_us.0,
+            r.http.decision_us.1,
             r.serve_heap_mib,
         );
     }
@@ -356,7 +365,7 @@ fn http_bench(fleet: &workload::Fleet) -> (Http, f64) {
         .enable_all()
         .build()
         .expect("runtime");
-    let addr = server.block_on(async {
+    let (addr, decision_us) = server.block_on(async {
         let config = ServeConfig {
             models: vec![format!(
                 "m={}",
@@ -385,13 +394,14 @@ fn http_bench(fleet: &workload::Fleet) -> (Http, f64) {
                 },
             );
         }
+        let decision_us = decisions_in_process(&daemon.state.router, fleet);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         // The daemon's own entry, as `kvroute serve` runs it; it lives as long as the bench.
         tokio::spawn(daemon.run(listener, std::future::pending()));
-        addr
+        (addr, decision_us)
     });
     let serve_heap_mib = (LIVE.load(Ordering::Relaxed) - before) as f64 / (1 << 20) as f64;
     let client_runtime = tokio::runtime::Builder::new_current_thread()
@@ -428,10 +438,40 @@ fn http_bench(fleet: &workload::Fleet) -> (Http, f64) {
                 p99_ms: ms(&lat, 0.99),
                 answered,
                 warm_up_p99_ms: ms(&warm, 0.99),
+                decision_us,
             },
             serve_heap_mib,
         )
     })
+}
+
+/// `Router::route` alone on the fleet's queries (20,000, after 2,000 untimed), each
+/// decision completed [`DECISIONS_IN_FLIGHT`] decisions later; p50 / p99 in us. All of it is
+/// per pod except the index lookup (~1 us) and the ledger's bounded confirmation.
+fn decisions_in_process(
+    router: &kvroute_indexer::router::Router,
+    fleet: &workload::Fleet,
+) -> (f64, f64) {
+    let mut in_flight = std::collections::VecDeque::with_capacity(DECISIONS_IN_FLIGHT + 1);
+    let mut took = Vec::with_capacity(20_000);
+    for i in 0..22_000 {
+        let keys = &fleet.hits[(i * 7919) % fleet.hits.len()].0;
+        let t = Instant::now();
+        let answer = router.route("m", keys).expect("a decision");
+        if i >= 2_000 {
+            took.push(t.elapsed());
+        }
+        in_flight.push_back(answer.ticket);
+        if in_flight.len() > DECISIONS_IN_FLIGHT {
+            let done = in_flight.pop_front().expect("a ticket");
+            router.complete(done, None);
+        }
+    }
+    for ticket in in_flight {
+        router.complete(ticket, None);
+    }
+    took.sort();
+    (us(percentile(&took, 0.5)), us(percentile(&took, 0.99)))
 }
 
 /// `n` POSTs of `bodies` (cycled) at 1,000 a second; the latencies of those answered 200.

@@ -22,8 +22,8 @@ use kvroute_scoring::{Ledger, Pending};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::index::PodMatch;
-use crate::pods::PodRegistry;
-use crate::types::PodId;
+use crate::pods::{PodRegistry, Slots};
+use crate::types::{PodId, PodSlot};
 
 /// In-flight decisions, by ticket.
 #[derive(Debug)]
@@ -31,7 +31,8 @@ pub struct InFlight {
     ttl: Duration,
     /// Origin of the ledger's seconds.
     epoch: Instant,
-    ledger: Mutex<Ledger<PodId>>,
+    /// Kept by engine slot: a decision reads every engine's book.
+    ledger: Mutex<Ledger<PodSlot>>,
     tickets: Mutex<Tickets>,
     max_tickets: usize,
     max_keys: usize,
@@ -143,8 +144,8 @@ impl InFlight {
     fn end(&self, entry: u64, registry: &PodRegistry) -> bool {
         let done = self.lock().complete(entry);
         match done {
-            Some(pod) => {
-                registry.set_load(&pod, |l| l.in_flight = l.in_flight.saturating_sub(1));
+            Some(slot) => {
+                registry.set_load_at(slot, |l| l.in_flight = l.in_flight.saturating_sub(1));
                 true
             }
             None => false,
@@ -156,7 +157,7 @@ impl InFlight {
         self.tickets.lock().by_ticket.len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ledger<PodId>> {
+    fn lock(&self) -> MutexGuard<'_, Ledger<PodSlot>> {
         self.ledger.lock()
     }
 
@@ -166,14 +167,14 @@ impl InFlight {
 
     /// Runs `decide` with the ledger locked, so concurrent decisions see each other's
     /// pending work; `decide` gets the ledger and the current time in its seconds.
-    pub fn with_ledger<R>(&self, decide: impl FnOnce(&mut Ledger<PodId>, f64) -> R) -> R {
+    pub fn with_ledger<R>(&self, decide: impl FnOnce(&mut Ledger<PodSlot>, f64) -> R) -> R {
         let now = self.seconds(Instant::now());
         decide(&mut self.lock(), now)
     }
 
-    /// A decision was sent to `pod`: count it on the pod's load.
-    pub fn started(&self, pod: &PodId, registry: &PodRegistry) {
-        registry.set_load(pod, |l| l.in_flight += 1);
+    /// A decision was sent to the engine of `slot`: count it on its load.
+    pub fn started(&self, slot: PodSlot, registry: &PodRegistry) {
+        registry.set_load_at(slot, |l| l.in_flight += 1);
     }
 
     /// A decision sent to `pod` that queues `uncached_tokens` of prefill, for `owner`;
@@ -186,8 +187,9 @@ impl InFlight {
         owner: Option<IpAddr>,
         registry: &PodRegistry,
     ) -> u64 {
-        let entry = self.with_ledger(|l, now| l.start(pod, keys, uncached_tokens, now));
-        self.started(pod, registry);
+        let slot = registry.slot_of(pod).expect("a known engine");
+        let entry = self.with_ledger(|l, now| l.start(&slot, keys, uncached_tokens, now));
+        self.started(slot, registry);
         self.issue(entry, keys.len(), owner, registry).0
     }
 
@@ -220,37 +222,34 @@ impl InFlight {
         }
         let now = self.seconds(Instant::now());
         let expired = self.lock().expire(now - self.ttl.as_secs_f64());
-        for pod in &expired {
-            registry.set_load(pod, |l| l.in_flight = l.in_flight.saturating_sub(1));
+        for &slot in &expired {
+            registry.set_load_at(slot, |l| l.in_flight = l.in_flight.saturating_sub(1));
         }
         expired.len()
     }
 
-    /// A scrape of `pod` sent at `at` saw `waiting` queued.
-    pub fn observe_queue(&self, pod: &PodId, waiting: f64, at: Instant) {
+    /// A scrape of the engine of `slot`, sent at `at`, saw `waiting` queued.
+    pub fn observe_queue(&self, slot: PodSlot, waiting: f64, at: Instant) {
         let at = self.seconds(at);
-        self.lock().observe_queue(pod, waiting, at);
+        self.lock().observe_queue(&slot, waiting, at);
     }
 
-    pub fn pending(&self, pod: &PodId) -> Pending {
-        self.lock().pending(pod)
-    }
-
-    /// The pods that in-flight decisions will have filled with a prefix of `keys`.
-    pub fn match_prefix(&self, keys: &[u64]) -> Vec<PodMatch> {
-        ledger_matches(&self.lock(), keys)
+    pub fn pending(&self, slot: PodSlot) -> Pending {
+        self.lock().pending(&slot)
     }
 }
 
 /// The ledger's holdings as index matches (on the GPU: a running request's blocks are).
-pub fn ledger_matches(ledger: &Ledger<PodId>, keys: &[u64]) -> Vec<PodMatch> {
+pub fn ledger_matches(ledger: &Ledger<PodSlot>, slots: &Slots, keys: &[u64]) -> Vec<PodMatch> {
     ledger
         .match_prefix(keys)
         .into_iter()
-        .map(|(pod, n)| PodMatch {
-            pod,
-            gpu_blocks: n,
-            any_tier_blocks: n,
+        .filter_map(|(slot, n)| {
+            Some(PodMatch {
+                pod: slots.id(slot)?.clone(),
+                gpu_blocks: n,
+                any_tier_blocks: n,
+            })
         })
         .collect()
 }
@@ -350,14 +349,15 @@ mod tests {
         let f = InFlight::new(Duration::from_millis(30));
         let t = f.start(&pod, &[1, 2], 640.0, None, &reg);
         f.start(&pod, &[1], 64.0, None, &reg);
-        assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 2);
-        assert_eq!(f.pending(&pod).tokens, 704.0);
-        assert_eq!(f.match_prefix(&[1, 2])[0].gpu_blocks, 2);
+        assert_eq!(reg.load(&pod).unwrap().in_flight, 2);
+        assert_eq!(f.pending(reg.slot_of(&pod).unwrap()).tokens, 704.0);
+        let held = f.with_ledger(|l, _| ledger_matches(l, &reg.slots(), &[1, 2]));
+        assert_eq!((held[0].pod.clone(), held[0].gpu_blocks), (pod.clone(), 2));
         assert!(f.complete(t, None, &reg));
         assert!(!f.complete(t, None, &reg));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(f.expire(&reg), 1);
-        assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 0);
+        assert_eq!(reg.load(&pod).unwrap().in_flight, 0);
     }
 
     #[test]
@@ -376,8 +376,8 @@ mod tests {
             .collect();
         // Bounded: the oldest were released to make room, and their load with them.
         assert_eq!(f.tickets(), 100);
-        assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 100);
-        assert_eq!(f.pending(&pod).in_flight, 100);
+        assert_eq!(reg.load(&pod).unwrap().in_flight, 100);
+        assert_eq!(f.pending(reg.slot_of(&pod).unwrap()).in_flight, 100);
         // Not sequential: no ticket is its predecessor plus one.
         assert!(tickets.windows(2).all(|w| w[1] != w[0].wrapping_add(1)));
         let last = tickets[999];
@@ -388,7 +388,7 @@ mod tests {
         );
         assert!(!f.complete(tickets[0], me, &reg), "released to make room");
         assert!(f.complete(last, me, &reg));
-        assert_eq!(reg.pods_for_model("m")[0].1.in_flight, 99);
+        assert_eq!(reg.load(&pod).unwrap().in_flight, 99);
     }
 
     #[test]
@@ -406,6 +406,6 @@ mod tests {
         }
         // Two decisions of 4,000 keys fit in 10,000; the third pushes out the oldest.
         assert_eq!(f.tickets(), 2);
-        assert_eq!(f.pending(&pod).in_flight, 2);
+        assert_eq!(f.pending(reg.slot_of(&pod).unwrap()).in_flight, 2);
     }
 }

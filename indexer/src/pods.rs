@@ -7,12 +7,13 @@
 //! sequence number, when it last spoke, its load, and its health. With health checks on
 //! (`with_health_checks`), only engines whose last check passed are routed to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::types::{Health, KeyMode, PodId, PodLoad};
+use crate::types::{Health, KeyMode, PodId, PodLoad, PodSlot};
 
 /// What `/v1/pods` reports for one engine.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -36,7 +37,28 @@ pub struct PodStatus {
     pub process_start_time: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
+/// The routable engines of one model, as a decision needs them. Cached until who is
+/// routable changes (an engine added, removed, found up or down, or naming its model or
+/// block size), not rebuilt per decision: at 1,024 engines walking the registry and cloning
+/// every engine's identity was a quarter of a decision's CPU.
+#[derive(Debug, Default)]
+pub struct Roster {
+    pub pods: Vec<(PodId, PodSlot)>,
+    /// The model's block size as its engines' events say it, if any has.
+    pub block_size: Option<usize>,
+}
+
+impl Roster {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+}
+
+#[derive(Debug)]
 struct PodState {
     model: Option<String>,
     key_mode: KeyMode,
@@ -45,7 +67,7 @@ struct PodState {
     block_size: Option<usize>,
     orphans: u64,
     stale: bool,
-    load: PodLoad,
+    slot: PodSlot,
     health: Health,
     down_because: Option<String>,
     process_start_time: Option<f64>,
@@ -61,7 +83,7 @@ impl Default for PodState {
             block_size: None,
             orphans: 0,
             stale: false,
-            load: PodLoad::default(),
+            slot: PodSlot(u32::MAX),
             health: Health::Unknown,
             down_because: None,
             process_start_time: None,
@@ -69,10 +91,60 @@ impl Default for PodState {
     }
 }
 
+/// Every engine ever known, by slot: its identity and its load. Append-only (a slot is
+/// never reused), so it grows with the distinct engines a process has seen, 48 bytes each
+/// plus the endpoint.
+#[derive(Debug, Default)]
+pub struct Slots {
+    of: HashMap<PodId, PodSlot>,
+    ids: Vec<PodId>,
+    loads: Vec<PodLoad>,
+}
+
+impl Slots {
+    /// The engine of `slot`.
+    pub fn id(&self, slot: PodSlot) -> Option<&PodId> {
+        self.ids.get(slot.0 as usize)
+    }
+
+    /// The slot of `pod`, if it was ever known.
+    pub fn slot_of(&self, pod: &PodId) -> Option<PodSlot> {
+        self.of.get(pod).copied()
+    }
+
+    /// The load of the engine of `slot` (an unknown slot has none).
+    pub fn load(&self, slot: PodSlot) -> PodLoad {
+        self.loads.get(slot.0 as usize).copied().unwrap_or_default()
+    }
+
+    fn slot(&mut self, pod: &PodId) -> PodSlot {
+        if let Some(&slot) = self.of.get(pod) {
+            return slot;
+        }
+        let slot = PodSlot(u32::try_from(self.ids.len()).unwrap_or(u32::MAX));
+        self.of.insert(pod.clone(), slot);
+        self.ids.push(pod.clone());
+        self.loads.push(PodLoad::default());
+        slot
+    }
+
+    fn load_mut(&mut self, slot: PodSlot) -> Option<&mut PodLoad> {
+        self.loads.get_mut(slot.0 as usize)
+    }
+}
+
+/// Rosters cached at most (one per model; past it they are built per decision).
+const MAX_CACHED_ROSTERS: usize = 1024;
+
 /// Known engines and their state.
 #[derive(Debug, Default)]
 pub struct PodRegistry {
     pods: RwLock<BTreeMap<PodId, PodState>>,
+    /// Per model, its roster while nothing that decides routability has changed. Lock
+    /// order: this, then `pods`; a change to `pods` clears it after releasing `pods`.
+    rosters: Mutex<HashMap<String, Arc<Roster>>>,
+    /// Per-engine state by slot. Lock order: after `pods` when both are held.
+    slots: RwLock<Slots>,
     /// The model assumed for engines that have not said theirs (single-model fleets).
     default_model: Option<String>,
     /// Route only to engines whose last health check passed.
@@ -83,6 +155,8 @@ impl PodRegistry {
     pub fn new(default_model: Option<String>) -> Self {
         Self {
             pods: RwLock::new(BTreeMap::new()),
+            rosters: Mutex::new(HashMap::new()),
+            slots: RwLock::new(Slots::default()),
             default_model,
             health_checked: false,
         }
@@ -107,6 +181,16 @@ impl PodRegistry {
         self.pods.write()
     }
 
+    /// Who is routable changed: rosters are rebuilt on next use. Called after the change,
+    /// with `pods` released.
+    fn rosters_changed(&self) {
+        self.rosters.lock().clear();
+    }
+
+    fn serves(&self, s: &PodState, model: &str) -> bool {
+        s.model.as_deref().or(self.default_model.as_deref()) == Some(model)
+    }
+
     /// Add an engine (static list, discovery, or a new DP rank of a known endpoint: it
     /// shares its endpoint's health).
     pub fn add(&self, pod: PodId) {
@@ -118,12 +202,16 @@ impl PodRegistry {
             .iter()
             .find(|(p, _)| p.endpoint == pod.endpoint)
             .map(|(_, s)| (s.health, s.down_because.clone(), s.process_start_time));
+        let slot = self.slots.write().slot(&pod);
         let state = pods.entry(pod).or_default();
+        state.slot = slot;
         if let Some((health, why, start)) = sibling {
             state.health = health;
             state.down_because = why;
             state.process_start_time = start;
         }
+        drop(pods);
+        self.rosters_changed();
     }
 
     /// Whether `pod` is known (listed, discovered, or a rank that published).
@@ -133,7 +221,11 @@ impl PodRegistry {
 
     /// Forget an engine; returns whether it was known.
     pub fn remove(&self, pod: &PodId) -> bool {
-        self.write().remove(pod).is_some()
+        let removed = self.write().remove(pod).is_some();
+        if removed {
+            self.rosters_changed();
+        }
+        removed
     }
 
     /// Whether `endpoint` (any DP rank) is a known engine.
@@ -169,14 +261,19 @@ impl PodRegistry {
     /// Record a health check of `endpoint` (every rank); returns the health it had.
     pub fn set_health(&self, endpoint: &str, health: Health, why: Option<String>) -> Health {
         let mut previous = Health::Unknown;
+        let mut changed = false;
         for (_, s) in self
             .write()
             .iter_mut()
             .filter(|(p, _)| &*p.endpoint == endpoint)
         {
             previous = s.health;
+            changed |= s.health != health;
             s.health = health;
             s.down_because = why.clone();
+        }
+        if changed {
+            self.rosters_changed();
         }
         previous
     }
@@ -205,14 +302,30 @@ impl PodRegistry {
         changed
     }
 
-    /// Routable engines serving `model`, with their load.
-    pub fn pods_for_model(&self, model: &str) -> Vec<(PodId, PodLoad)> {
-        self.read()
-            .iter()
-            .filter(|(_, s)| self.routable(s))
-            .filter(|(_, s)| s.model.as_deref().or(self.default_model.as_deref()) == Some(model))
-            .map(|(p, s)| (p.clone(), s.load))
-            .collect()
+    /// Routable engines serving `model`, with their loads.
+    pub fn pods_for_model(&self, model: &str) -> Arc<Roster> {
+        let mut rosters = self.rosters.lock();
+        if let Some(roster) = rosters.get(model) {
+            return roster.clone();
+        }
+        let pods = self.read();
+        let roster = Arc::new(Roster {
+            pods: pods
+                .iter()
+                .filter(|(_, s)| self.routable(s) && self.serves(s, model))
+                .map(|(p, s)| (p.clone(), s.slot))
+                .collect(),
+            block_size: pods
+                .values()
+                .filter(|s| self.serves(s, model))
+                .find_map(|s| s.block_size),
+        });
+        drop(pods);
+        // Only models some engine serves, so a client naming made-up models fills nothing.
+        if !roster.is_empty() && rosters.len() < MAX_CACHED_ROSTERS {
+            rosters.insert(model.to_owned(), roster.clone());
+        }
+        roster
     }
 
     /// Models some engine serves.
@@ -227,7 +340,16 @@ impl PodRegistry {
         models
     }
 
-    /// Apply `f` to an engine's state, if known.
+    /// Apply `f` to an engine's state, if known; `f` says whether it changed who is
+    /// routable or the model's block size.
+    fn update_routing(&self, pod: &PodId, f: impl FnOnce(&mut PodState) -> bool) {
+        let changed = self.write().get_mut(pod).is_some_and(f);
+        if changed {
+            self.rosters_changed();
+        }
+    }
+
+    /// Apply `f` to an engine's state, if known (nothing routing reads).
     fn update(&self, pod: &PodId, f: impl FnOnce(&mut PodState)) {
         if let Some(s) = self.write().get_mut(pod) {
             f(s);
@@ -241,17 +363,21 @@ impl PodRegistry {
         seq: u64,
         block_size: Option<usize>,
     ) {
-        self.update(pod, |s| {
+        self.update_routing(pod, |s| {
+            let mut changed = false;
             if let Some(m) = model {
                 if s.model.as_deref() != Some(m) {
                     s.model = Some(m.to_owned());
+                    changed = true;
                 }
             }
             s.last_seq = Some(seq);
             s.last_event = Some(Instant::now());
-            if block_size.is_some() {
+            if block_size.is_some() && s.block_size != block_size {
                 s.block_size = block_size;
+                changed = true;
             }
+            changed
         });
     }
 
@@ -275,14 +401,52 @@ impl PodRegistry {
     }
 
     pub fn block_size(&self, model: &str) -> Option<usize> {
-        self.read()
-            .values()
-            .filter(|s| s.model.as_deref().or(self.default_model.as_deref()) == Some(model))
-            .find_map(|s| s.block_size)
+        self.pods_for_model(model).block_size
     }
 
     pub fn set_load(&self, pod: &PodId, f: impl FnOnce(&mut PodLoad)) {
-        self.update(pod, |s| f(&mut s.load));
+        if let Some(slot) = self.slot_of(pod) {
+            self.set_load_at(slot, f);
+        }
+    }
+
+    pub fn set_load_at(&self, slot: PodSlot, f: impl FnOnce(&mut PodLoad)) {
+        if let Some(load) = self.slots.write().load_mut(slot) {
+            f(load);
+        }
+    }
+
+    /// `pod`'s load, if known.
+    pub fn load(&self, pod: &PodId) -> Option<PodLoad> {
+        let slot = self.slot_of(pod)?;
+        self.slots.read().loads.get(slot.0 as usize).copied()
+    }
+
+    /// The loads of `roster`'s engines, in its order, read at once.
+    pub fn loads(&self, roster: &Roster) -> Vec<PodLoad> {
+        let slots = self.slots.read();
+        roster
+            .pods
+            .iter()
+            .map(|(_, slot)| {
+                slots
+                    .loads
+                    .get(slot.0 as usize)
+                    .copied()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// `pod`'s slot, if it was ever known.
+    pub fn slot_of(&self, pod: &PodId) -> Option<PodSlot> {
+        self.slots.read().slot_of(pod)
+    }
+
+    /// The slot table (engines by slot), read-locked: hold it briefly and never while
+    /// calling back into the registry.
+    pub fn slots(&self) -> RwLockReadGuard<'_, Slots> {
+        self.slots.read()
     }
 
     /// Per-engine status; `blocks` gives (GPU, lower-tier) block counts from the index.
@@ -290,8 +454,9 @@ impl PodRegistry {
         &self,
         blocks: &std::collections::HashMap<PodId, (usize, usize)>,
     ) -> Vec<PodStatus> {
-        self.read()
-            .iter()
+        let pods = self.read();
+        let slots = self.slots.read();
+        pods.iter()
             .map(|(p, s)| {
                 let (gpu, lower) = blocks.get(p).copied().unwrap_or_default();
                 PodStatus {
@@ -306,12 +471,78 @@ impl PodRegistry {
                     lower_tier_blocks: lower,
                     orphans_dropped: s.orphans,
                     stale: s.stale,
-                    load: s.load,
+                    load: slots
+                        .loads
+                        .get(s.slot.0 as usize)
+                        .copied()
+                        .unwrap_or_default(),
                     health: s.health,
                     down_because: s.down_because.clone(),
                     process_start_time: s.process_start_time,
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(roster: &Roster) -> Vec<String> {
+        roster.pods.iter().map(|(p, _)| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_cached_roster_follows_loads_and_is_rebuilt_when_routability_changes() {
+        let reg = PodRegistry::new(Some("m".into())).with_health_checks();
+        let (a, b) = (PodId::new("10.0.0.1:8000"), PodId::new("10.0.0.2:8000"));
+        reg.add(a.clone());
+        reg.add(b.clone());
+        // Unchecked engines are not routable.
+        assert!(reg.pods_for_model("m").is_empty());
+        reg.set_health("10.0.0.1:8000", Health::Up, None);
+        reg.set_health("10.0.0.2:8000", Health::Up, None);
+        let roster = reg.pods_for_model("m");
+        assert_eq!(names(&roster), ["10.0.0.1:8000", "10.0.0.2:8000"]);
+        // Cached: the same roster until something routing reads changes...
+        assert!(Arc::ptr_eq(&roster, &reg.pods_for_model("m")));
+        // ...and loads set since are read through it.
+        reg.set_load(&b, |l| l.waiting = 7.0);
+        let waiting: Vec<f64> = reg.loads(&roster).iter().map(|l| l.waiting).collect();
+        assert_eq!(waiting, [0.0, 7.0]);
+        // An event that says nothing new keeps it.
+        reg.record_event(&a, None, 1, None);
+        assert!(Arc::ptr_eq(&roster, &reg.pods_for_model("m")));
+        // Down, another model, a block size, a new rank, removal: each rebuilds it.
+        reg.set_health("10.0.0.1:8000", Health::Down, Some("refused".into()));
+        assert_eq!(names(&reg.pods_for_model("m")), ["10.0.0.2:8000"]);
+        reg.set_health("10.0.0.1:8000", Health::Up, None);
+        reg.record_event(&b, Some("other"), 2, None);
+        assert_eq!(names(&reg.pods_for_model("m")), ["10.0.0.1:8000"]);
+        assert_eq!(names(&reg.pods_for_model("other")), ["10.0.0.2:8000"]);
+        assert_eq!(reg.block_size("m"), None);
+        reg.record_event(&a, None, 3, Some(16));
+        assert_eq!(reg.block_size("m"), Some(16));
+        let rank = PodId {
+            endpoint: "10.0.0.1:8000".into(),
+            dp_rank: 1,
+        };
+        reg.add(rank.clone());
+        assert_eq!(
+            names(&reg.pods_for_model("m")),
+            ["10.0.0.1:8000", "10.0.0.1:8000#dp1"]
+        );
+        assert!(reg.remove(&a));
+        assert_eq!(names(&reg.pods_for_model("m")), ["10.0.0.1:8000#dp1"]);
+        // An engine keeps its slot (and its load) when it comes back; slots are not reused.
+        let slot_a = reg.slot_of(&a).unwrap();
+        reg.add(a.clone());
+        assert_eq!(reg.slot_of(&a), Some(slot_a));
+        assert_eq!(reg.slots().id(slot_a), Some(&a));
+        assert_eq!(reg.slot_of(&rank), Some(PodSlot(2)));
+        // A model nobody serves is answered, not cached.
+        assert!(reg.pods_for_model("made-up").is_empty());
+        assert!(!reg.rosters.lock().contains_key("made-up"));
     }
 }

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::index::PodIndex;
+use crate::index::PodMatch;
 use crate::load::ledger_matches;
 use crate::load::InFlight;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pods::PodRegistry;
 use crate::route_memory::{merge_matches, RouteMemory};
-use crate::scoring::{decide, ScoringWeights};
+use crate::scoring::{decide, Inputs, ScoringWeights};
+use crate::types::{PodId, PodSlot};
 
 /// Where precise knowledge comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -85,18 +87,9 @@ impl Router {
         allowed: Option<&[String]>,
     ) -> Result<RouteAnswer, RouteError> {
         let started = Instant::now();
-        let mut pods = self.registry.pods_for_model(model);
-        if let Some(allowed) = allowed {
-            if !pods.is_empty() {
-                pods.retain(|(pod, _)| allowed.iter().any(|a| **a == *pod.endpoint));
-                if pods.is_empty() {
-                    let err = RouteError::NoEligiblePod(model.to_owned());
-                    self.count_error(&err);
-                    return Err(err);
-                }
-            }
-        }
-        if pods.is_empty() {
+        let roster = self.registry.pods_for_model(model);
+        let eligible = |pod: &PodId| allowed.is_none_or(|a| a.iter().any(|e| **e == *pod.endpoint));
+        if roster.is_empty() {
             let known = self.configured_models.iter().any(|m| m == model)
                 || self.registry.models().iter().any(|m| m == model);
             let err = if known {
@@ -107,36 +100,49 @@ impl Router {
             self.count_error(&err);
             return Err(err);
         }
-        let block_size = self
-            .registry
-            .block_size(model)
-            .unwrap_or(self.default_block_size);
+        if allowed.is_some() && !roster.pods.iter().any(|(pod, _)| eligible(pod)) {
+            let err = RouteError::NoEligiblePod(model.to_owned());
+            self.count_error(&err);
+            return Err(err);
+        }
+        let block_size = roster.block_size.unwrap_or(self.default_block_size);
         let indexed = match self.mode {
             RouteMode::Precise => self.index.match_prefix(keys),
             RouteMode::Estimate => self.memory.match_prefix(keys),
         };
         // One lock over read-decide-record, so concurrent decisions see each other's work.
-        let (decision, entry) = self
+        let (decision, slot, entry) = self
             .in_flight
             .with_ledger(|ledger, now| {
+                let slots = self.registry.slots();
                 if self.mode == RouteMode::Precise {
-                    ledger
-                        .confirm_some(|pod, key| self.index.holds(pod, key), CONFIRM_PER_DECISION);
+                    ledger.confirm_some(
+                        |&slot, key| slots.id(slot).is_some_and(|pod| self.index.holds(pod, key)),
+                        CONFIRM_PER_DECISION,
+                    );
                 }
-                let matches = merge_matches(indexed, ledger_matches(ledger, keys));
-                let pods: Vec<_> = pods
-                    .into_iter()
-                    .map(|(pod, load)| {
-                        let pending = ledger.pending(&pod);
-                        (pod, load, pending)
-                    })
+                let matches = merge_matches(indexed, ledger_matches(ledger, &slots, keys));
+                // A handful of pods hold a prefix: found by slot, not by comparing every
+                // pod's endpoint with theirs.
+                let held: Vec<(PodSlot, &PodMatch)> = matches
+                    .iter()
+                    .filter_map(|m| Some((slots.slot_of(&m.pod)?, m)))
                     .collect();
-                let decision = decide(&self.weights, &pods, &matches, keys, block_size)?;
-                let ticket = ledger.start(&decision.pod, keys, decision.uncached_tokens, now);
-                Some((decision, ticket))
+                let mut inputs = Inputs::with_capacity(roster.len());
+                let mut in_slots = Vec::with_capacity(roster.len());
+                for (pod, slot) in roster.pods.iter().filter(|(pod, _)| eligible(pod)) {
+                    let holds = held.iter().find(|(s, _)| s == slot).map(|(_, m)| *m);
+                    inputs.push(pod, slots.load(*slot), ledger.pending(slot), holds);
+                    in_slots.push(*slot);
+                }
+                drop(slots);
+                let decision = decide(&self.weights, &inputs, keys, block_size)?;
+                let slot = in_slots[decision.index];
+                let ticket = ledger.start(&slot, keys, decision.uncached_tokens, now);
+                Some((decision, slot, ticket))
             })
             .ok_or_else(|| RouteError::NoLivePod(model.to_owned()))?;
-        self.in_flight.started(&decision.pod, &self.registry);
+        self.in_flight.started(slot, &self.registry);
         let (ticket, evicted) = self
             .in_flight
             .issue(entry, keys.len(), caller, &self.registry);

@@ -19,6 +19,8 @@ pub use kvroute_api::Candidate;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub pod: PodId,
+    /// Its place among the pods given to [`decide`].
+    pub index: usize,
     pub matched_blocks: usize,
     /// Prompt tokens the chosen pod does not hold: the prefill this decision queues there.
     pub uncached_tokens: f64,
@@ -26,57 +28,88 @@ pub struct Decision {
     pub candidates: Vec<Candidate>,
 }
 
-/// Pick among `pods` (loads as scraped, `pending` from the ledger) given the matches.
+/// What a decision knows of each pod, in columns (entry `i` of each is pod `i`), built
+/// once per decision without a lookup per pod: the scoring reads `views` as they are.
+#[derive(Debug, Default)]
+pub struct Inputs<'a> {
+    pub pods: Vec<&'a PodId>,
+    pub loads: Vec<PodLoad>,
+    pub pending: Vec<Pending>,
+    pub views: Vec<PodView>,
+}
+
+impl<'a> Inputs<'a> {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            pods: Vec::with_capacity(n),
+            loads: Vec::with_capacity(n),
+            pending: Vec::with_capacity(n),
+            views: Vec::with_capacity(n),
+        }
+    }
+
+    /// A pod, its load as scraped, its pending work from the ledger, and the request's
+    /// prefix it holds (`None`: nothing).
+    pub fn push(
+        &mut self,
+        pod: &'a PodId,
+        load: PodLoad,
+        pending: Pending,
+        held: Option<&PodMatch>,
+    ) {
+        self.views.push(PodView {
+            gpu_blocks: held.map_or(0, |m| m.gpu_blocks),
+            any_tier_blocks: held.map_or(0, |m| m.any_tier_blocks),
+            pending_requests: pending.requests,
+            pending_tokens: pending.tokens,
+            waiting: load.waiting,
+            running: load.running,
+            kv_usage: load.kv_usage,
+        });
+        self.pods.push(pod);
+        self.loads.push(load);
+        self.pending.push(pending);
+    }
+}
+
+/// Pick among the pods of `inputs` for a request of `keys`.
 pub fn decide(
     weights: &ScoringWeights,
-    pods: &[(PodId, PodLoad, Pending)],
-    matches: &[PodMatch],
+    inputs: &Inputs<'_>,
     keys: &[u64],
     block_size: usize,
 ) -> Option<Decision> {
-    let views: Vec<PodView> = pods
-        .iter()
-        .map(|(pod, load, pending)| {
-            let m = matches.iter().find(|m| &m.pod == pod);
-            PodView {
-                gpu_blocks: m.map_or(0, |m| m.gpu_blocks),
-                any_tier_blocks: m.map_or(0, |m| m.any_tier_blocks),
-                pending_requests: pending.requests,
-                pending_tokens: pending.tokens,
-                waiting: load.waiting,
-                running: load.running,
-                kv_usage: load.kv_usage,
-            }
-        })
-        .collect();
     let request = Request {
         prompt_tokens: keys.len() * block_size,
         block_size,
         first_key: keys.first().copied(),
     };
-    let d = choose(weights, &views, &request)?;
+    let d = choose(weights, &inputs.views, &request)?;
     let candidates: Vec<Candidate> = answer_order(&d.scores, d.pod)
         .into_iter()
-        .map(|i| (&pods[i], &views[i], &d.scores[i]))
-        .map(|((pod, load, pending), view, score)| Candidate {
-            endpoint: pod.endpoint.to_string(),
-            dp_rank: pod.dp_rank,
-            matched_blocks: view.any_tier_blocks,
-            saved_tokens: score.saved_tokens,
-            queued_tokens: score.queued_tokens,
-            ttft_tokens: score.ttft_tokens,
-            load_cost: score.cost,
-            pending_requests: pending.requests,
-            pending_tokens: pending.tokens,
-            load: PodLoad {
-                in_flight: pending.in_flight,
-                ..*load
-            },
+        .map(|i| {
+            let (pod, pending, score) = (inputs.pods[i], &inputs.pending[i], &d.scores[i]);
+            Candidate {
+                endpoint: pod.endpoint.to_string(),
+                dp_rank: pod.dp_rank,
+                matched_blocks: inputs.views[i].any_tier_blocks,
+                saved_tokens: score.saved_tokens,
+                queued_tokens: score.queued_tokens,
+                ttft_tokens: score.ttft_tokens,
+                load_cost: score.cost,
+                pending_requests: pending.requests,
+                pending_tokens: pending.tokens,
+                load: PodLoad {
+                    in_flight: pending.in_flight,
+                    ..inputs.loads[i]
+                },
+            }
         })
         .collect();
     let chosen = &candidates[0];
     Some(Decision {
-        pod: pods[d.pod].0.clone(),
+        pod: inputs.pods[d.pod].clone(),
+        index: d.pod,
         matched_blocks: chosen.matched_blocks,
         uncached_tokens: (request.prompt_tokens as f64 - chosen.saved_tokens).max(0.0),
         reason: d.reason,
@@ -117,7 +150,11 @@ mod tests {
             any_tier_blocks: 90,
         }];
         let keys: Vec<u64> = (0..100).collect();
-        decide(&ScoringWeights::default(), pods, &matches, &keys, 64).unwrap()
+        let mut inputs = Inputs::default();
+        for (p, load, pending) in pods {
+            inputs.push(p, *load, *pending, matches.iter().find(|m| m.pod == *p));
+        }
+        decide(&ScoringWeights::default(), &inputs, &keys, 64).unwrap()
     }
 
     #[test]

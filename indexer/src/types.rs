@@ -35,6 +35,13 @@ impl fmt::Display for PodId {
     }
 }
 
+/// An engine's dense number in the registry, for per-engine state read on every decision
+/// (loads, the ledger's books): an array index instead of hashing and comparing an
+/// endpoint string per engine. A `PodId` keeps its slot for the process's life (slots are
+/// never reused), so state kept by slot cannot pass to another engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodSlot(pub u32);
+
 // Load travels in the route answer's candidates: defined with it, in the contract.
 pub use kvroute_api::PodLoad;
 

@@ -119,8 +119,9 @@ struct FirstTokenClock {
 impl FirstTokenClock {
     fn first_token(&mut self) {
         if !std::mem::replace(&mut self.observed, true) {
-            self.metrics
-                .observe_time_to_first_token(self.arrived.elapsed().as_secs_f64() * self.time_scale);
+            self.metrics.observe_time_to_first_token(
+                self.arrived.elapsed().as_secs_f64() * self.time_scale,
+            );
         }
     }
 }
@@ -194,7 +195,8 @@ async fn generate(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Result<R
             .header(header::CACHE_CONTROL, "no-cache")
             .body(Body::from_stream(body))
     } else {
-        let answer = whole_answer(events, &meta, &options, &prompt, s.first_token_delay, clock).await?;
+        let answer =
+            whole_answer(events, &meta, &options, &prompt, s.first_token_delay, clock).await?;
         builder
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(answer.to_string()))

@@ -154,6 +154,8 @@ fn set_load(
             l.running = gauges.running;
             l.kv_usage = gauges.kv_usage;
         });
-        in_flight.observe_queue(&pod, gauges.waiting, sent);
+        if let Some(slot) = ingest.registry.slot_of(&pod) {
+            in_flight.observe_queue(slot, gauges.waiting, sent);
+        }
     }
 }
