@@ -60,8 +60,14 @@ impl Deployment {
         out
     }
 
-    /// The engines' CPU dilation over `wall_seconds` and the filter's counters in `routing`.
-    pub fn health(&self, routing: &[(String, f64)], wall_seconds: f64) -> LiveHealth {
+    /// The engines' CPU dilation over `wall_seconds`, the filter's counters in `routing`,
+    /// and where a first token's time went (`client_ttft_mean`: what the load generator saw).
+    pub fn health(
+        &self,
+        routing: &[(String, f64)],
+        wall_seconds: f64,
+        client_ttft_mean: Option<f64>,
+    ) -> LiveHealth {
         let mut dilation = 0.0;
         let mut engine_ttft: Option<Histogram> = None;
         for e in &self.stack.pods {
@@ -99,7 +105,7 @@ impl Deployment {
                 / wall_seconds.max(1e-9),
             filter_routed: sum(FILTER_ROUTED),
             filter_fail_open: sum(FILTER_FAIL_OPEN),
-            client_ttft_mean: None,
+            client_ttft_mean,
             engine_ttft_mean: engine_ttft.as_ref().and_then(Histogram::mean),
             engine_ttft_p90: engine_ttft.as_ref().and_then(|h| h.quantile(0.9)),
             filter_decision_ms_mean: ms(decision.as_ref().and_then(Histogram::mean)),

@@ -69,8 +69,11 @@ pub fn run_policy(
         anyhow::Ok((records, waits))
     })?;
     let routing = deployment.routing_counters(policy);
-    let mut health = deployment.health(&routing, load_started.elapsed().as_secs_f64());
-    health.client_ttft_mean = stats::mean_ttft(&records);
+    let health = deployment.health(
+        &routing,
+        load_started.elapsed().as_secs_f64(),
+        stats::mean_ttft(&records),
+    );
     for (name, value) in &routing {
         tracing::info!(policy = policy.name(), counter = %name, value, "routing");
     }

@@ -117,8 +117,16 @@ impl Slots {
         self.loads.get(slot.0 as usize).copied().unwrap_or_default()
     }
 
+    /// `pod`'s slot, numbered now if it is new. An engine that comes back keeps its slot
+    /// and its decisions in flight, not the gauges scraped before it left.
     fn slot(&mut self, pod: &PodId) -> PodSlot {
         if let Some(&slot) = self.of.get(pod) {
+            if let Some(load) = self.load_mut(slot) {
+                *load = PodLoad {
+                    in_flight: load.in_flight,
+                    ..PodLoad::default()
+                };
+            }
             return slot;
         }
         let slot = PodSlot(u32::try_from(self.ids.len()).unwrap_or(u32::MAX));
@@ -302,7 +310,7 @@ impl PodRegistry {
         changed
     }
 
-    /// Routable engines serving `model`, with their loads.
+    /// Routable engines serving `model`, with their slots (loads are read by slot).
     pub fn pods_for_model(&self, model: &str) -> Arc<Roster> {
         let mut rosters = self.rosters.lock();
         if let Some(roster) = rosters.get(model) {
@@ -405,8 +413,9 @@ impl PodRegistry {
     }
 
     pub fn set_load(&self, pod: &PodId, f: impl FnOnce(&mut PodLoad)) {
-        if let Some(slot) = self.slot_of(pod) {
-            self.set_load_at(slot, f);
+        let mut slots = self.slots.write();
+        if let Some(load) = slots.slot_of(pod).and_then(|slot| slots.load_mut(slot)) {
+            f(load);
         }
     }
 
@@ -418,8 +427,8 @@ impl PodRegistry {
 
     /// `pod`'s load, if known.
     pub fn load(&self, pod: &PodId) -> Option<PodLoad> {
-        let slot = self.slot_of(pod)?;
-        self.slots.read().loads.get(slot.0 as usize).copied()
+        let slots = self.slots.read();
+        Some(slots.load(slots.slot_of(pod)?))
     }
 
     /// The loads of `roster`'s engines, in its order, read at once.
@@ -509,7 +518,13 @@ mod tests {
         assert!(Arc::ptr_eq(&roster, &reg.pods_for_model("m")));
         // ...and loads set since are read through it.
         reg.set_load(&b, |l| l.waiting = 7.0);
-        let waiting: Vec<f64> = reg.loads(&roster).iter().map(|l| l.waiting).collect();
+        let slots = reg.slots();
+        let waiting: Vec<f64> = roster
+            .pods
+            .iter()
+            .map(|(_, s)| slots.load(*s).waiting)
+            .collect();
+        drop(slots);
         assert_eq!(waiting, [0.0, 7.0]);
         // An event that says nothing new keeps it.
         reg.record_event(&a, None, 1, None);
@@ -535,10 +550,14 @@ mod tests {
         );
         assert!(reg.remove(&a));
         assert_eq!(names(&reg.pods_for_model("m")), ["10.0.0.1:8000#dp1"]);
-        // An engine keeps its slot (and its load) when it comes back; slots are not reused.
+        // An engine keeps its slot and its decisions in flight when it comes back, not its
+        // old gauges; slots are not reused.
         let slot_a = reg.slot_of(&a).unwrap();
+        reg.set_load(&a, |l| (l.in_flight, l.waiting) = (3, 9.0));
         reg.add(a.clone());
         assert_eq!(reg.slot_of(&a), Some(slot_a));
+        let load = reg.load(&a).unwrap();
+        assert_eq!((load.in_flight, load.waiting), (3, 0.0));
         assert_eq!(reg.slots().id(slot_a), Some(&a));
         assert_eq!(reg.slot_of(&rank), Some(PodSlot(2)));
         // A model nobody serves is answered, not cached.
