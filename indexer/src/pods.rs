@@ -431,22 +431,6 @@ impl PodRegistry {
         Some(slots.load(slots.slot_of(pod)?))
     }
 
-    /// The loads of `roster`'s engines, in its order, read at once.
-    pub fn loads(&self, roster: &Roster) -> Vec<PodLoad> {
-        let slots = self.slots.read();
-        roster
-            .pods
-            .iter()
-            .map(|(_, slot)| {
-                slots
-                    .loads
-                    .get(slot.0 as usize)
-                    .copied()
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
-
     /// `pod`'s slot, if it was ever known.
     pub fn slot_of(&self, pod: &PodId) -> Option<PodSlot> {
         self.slots.read().slot_of(pod)

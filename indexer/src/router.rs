@@ -31,6 +31,11 @@ pub enum RouteMode {
 
 pub use kvroute_api::RouteAnswer;
 
+thread_local! {
+    /// Each thread's decision columns, reused (see [`Inputs`]).
+    static INPUTS: std::cell::RefCell<Inputs> = std::cell::RefCell::default();
+}
+
 /// Pending decisions each decision checks for their last block stored (round robin): the
 /// ledger's lock is held for a bounded time however many decisions are in flight (a check
 /// of all of them made each decision O(tickets): 65 decisions a second at 30,000 held).
@@ -128,16 +133,28 @@ impl Router {
                     .iter()
                     .filter_map(|m| Some((slots.slot_of(&m.pod)?, m)))
                     .collect();
-                let mut inputs = Inputs::with_capacity(roster.len());
-                let mut in_slots = Vec::with_capacity(roster.len());
-                for (pod, slot) in roster.pods.iter().filter(|(pod, _)| eligible(pod)) {
-                    let holds = held.iter().find(|(s, _)| s == slot).map(|(_, m)| *m);
-                    inputs.push(pod, slots.load(*slot), ledger.pending(slot), holds);
-                    in_slots.push(*slot);
-                }
+                let decision = INPUTS.with_borrow_mut(|inputs| {
+                    inputs.clear();
+                    for (member, (pod, slot)) in roster.pods.iter().enumerate() {
+                        if !eligible(pod) {
+                            continue;
+                        }
+                        let holds = held.iter().find(|(s, _)| s == slot).map(|(_, m)| *m);
+                        let (load, pending) = (slots.load(*slot), ledger.pending(slot));
+                        inputs.push(member, &load, &pending, holds);
+                    }
+                    let detail = |slot| (slots.load(slot), ledger.pending(&slot));
+                    decide(
+                        &self.weights,
+                        inputs,
+                        &roster.pods,
+                        keys,
+                        block_size,
+                        detail,
+                    )
+                })?;
                 drop(slots);
-                let decision = decide(&self.weights, &inputs, keys, block_size)?;
-                let slot = in_slots[decision.index];
+                let slot = roster.pods[decision.index].1;
                 let ticket = ledger.start(&slot, keys, decision.uncached_tokens, now);
                 Some((decision, slot, ticket))
             })

@@ -7,11 +7,11 @@
 //! the answer back into pods and the candidates `/v1/route` reports.
 
 use kvroute_api::ANSWER_CANDIDATES;
-use kvroute_scoring::{choose, Pending, PodView, Request, Score};
+use kvroute_scoring::{choose_into, Pending, PodView, Request, Score};
 pub use kvroute_scoring::{Reason, Weights as ScoringWeights};
 
 use crate::index::PodMatch;
-use crate::types::{PodId, PodLoad};
+use crate::types::{PodId, PodLoad, PodSlot};
 
 // Candidates travel in the route answer: defined with it, in the contract.
 pub use kvroute_api::Candidate;
@@ -28,33 +28,35 @@ pub struct Decision {
     pub candidates: Vec<Candidate>,
 }
 
-/// What a decision knows of each pod, in columns (entry `i` of each is pod `i`), built
-/// once per decision without a lookup per pod: the scoring reads `views` as they are.
+/// What a decision knows of each pod, in columns (entry `i` of each is the `i`th pod
+/// pushed), built once per decision without a lookup per pod: the scoring reads `views` as
+/// they are. Only what every pod's price needs is copied; the few pods the answer lists are
+/// looked up again. Kept between decisions (cleared, not freed): at 1,024 engines the
+/// columns are ~100 KB, allocated and first touched anew on every decision otherwise.
 #[derive(Debug, Default)]
-pub struct Inputs<'a> {
-    pub pods: Vec<&'a PodId>,
-    pub loads: Vec<PodLoad>,
-    pub pending: Vec<Pending>,
-    pub views: Vec<PodView>,
+pub struct Inputs {
+    /// Each pod's place in the pods given to [`decide`].
+    members: Vec<u32>,
+    views: Vec<PodView>,
+    scores: Vec<Score>,
 }
 
-impl<'a> Inputs<'a> {
-    pub fn with_capacity(n: usize) -> Self {
-        Self {
-            pods: Vec::with_capacity(n),
-            loads: Vec::with_capacity(n),
-            pending: Vec::with_capacity(n),
-            views: Vec::with_capacity(n),
-        }
+impl Inputs {
+    /// Empty columns, their memory kept.
+    pub fn clear(&mut self) {
+        self.members.clear();
+        self.views.clear();
+        self.scores.clear();
     }
 
-    /// A pod, its load as scraped, its pending work from the ledger, and the request's
-    /// prefix it holds (`None`: nothing).
+    /// The pod at `member` of the pods given to [`decide`]: its load as scraped, its
+    /// pending work from the ledger, and the request's prefix it holds (`None`: nothing).
+    #[inline]
     pub fn push(
         &mut self,
-        pod: &'a PodId,
-        load: PodLoad,
-        pending: Pending,
+        member: usize,
+        load: &PodLoad,
+        pending: &Pending,
         held: Option<&PodMatch>,
     ) {
         self.views.push(PodView {
@@ -66,29 +68,33 @@ impl<'a> Inputs<'a> {
             running: load.running,
             kv_usage: load.kv_usage,
         });
-        self.pods.push(pod);
-        self.loads.push(load);
-        self.pending.push(pending);
+        self.members.push(member as u32);
     }
 }
 
-/// Pick among the pods of `inputs` for a request of `keys`.
+/// Pick among the pods pushed into `inputs` (places in `pods`) for a request of `keys`;
+/// `detail` gives a slot's load and pending work for the pods the answer lists.
+/// [`Decision::index`] is the chosen pod's place in `pods`.
 pub fn decide(
     weights: &ScoringWeights,
-    inputs: &Inputs<'_>,
+    inputs: &mut Inputs,
+    pods: &[(PodId, PodSlot)],
     keys: &[u64],
     block_size: usize,
+    detail: impl Fn(PodSlot) -> (PodLoad, Pending),
 ) -> Option<Decision> {
     let request = Request {
         prompt_tokens: keys.len() * block_size,
         block_size,
         first_key: keys.first().copied(),
     };
-    let d = choose(weights, &inputs.views, &request)?;
-    let candidates: Vec<Candidate> = answer_order(&d.scores, d.pod)
+    let (chosen, reason) = choose_into(weights, &inputs.views, &request, &mut inputs.scores)?;
+    let candidates: Vec<Candidate> = answer_order(&inputs.scores, chosen)
         .into_iter()
         .map(|i| {
-            let (pod, pending, score) = (inputs.pods[i], &inputs.pending[i], &d.scores[i]);
+            let (pod, slot) = &pods[inputs.members[i] as usize];
+            let (load, pending) = detail(*slot);
+            let score = &inputs.scores[i];
             Candidate {
                 endpoint: pod.endpoint.to_string(),
                 dp_rank: pod.dp_rank,
@@ -101,34 +107,44 @@ pub fn decide(
                 pending_tokens: pending.tokens,
                 load: PodLoad {
                     in_flight: pending.in_flight,
-                    ..inputs.loads[i]
+                    ..load
                 },
             }
         })
         .collect();
-    let chosen = &candidates[0];
+    let index = inputs.members[chosen] as usize;
+    let first = &candidates[0];
     Some(Decision {
-        pod: inputs.pods[d.pod].clone(),
-        index: d.pod,
-        matched_blocks: chosen.matched_blocks,
-        uncached_tokens: (request.prompt_tokens as f64 - chosen.saved_tokens).max(0.0),
-        reason: d.reason,
+        pod: pods[index].0.clone(),
+        index,
+        matched_blocks: first.matched_blocks,
+        uncached_tokens: (request.prompt_tokens as f64 - first.saved_tokens).max(0.0),
+        reason,
         candidates,
     })
 }
 
-/// The pods the answer lists: the chosen one, then the cheapest others, at most
-/// [`ANSWER_CANDIDATES`]; linear in the fleet (only the few listed are sorted).
+/// The pods the answer lists: the chosen one, then the cheapest others (equal costs in pod
+/// order), at most [`ANSWER_CANDIDATES`]. One pass over the fleet keeping the few cheapest
+/// in order: most pods cost one comparison with the dearest kept, and nothing the size of
+/// the fleet is allocated.
 fn answer_order(scores: &[Score], chosen: usize) -> Vec<usize> {
-    let by_cost = |a: &usize, b: &usize| scores[*a].cost.total_cmp(&scores[*b].cost);
-    let mut others: Vec<usize> = (0..scores.len()).filter(|&i| i != chosen).collect();
-    let keep = others.len().min(ANSWER_CANDIDATES - 1);
-    if keep < others.len() {
-        others.select_nth_unstable_by(keep, by_cost);
-        others.truncate(keep);
+    let keep = ANSWER_CANDIDATES - 1;
+    let mut cheapest: Vec<usize> = Vec::with_capacity(ANSWER_CANDIDATES);
+    for (i, score) in scores.iter().enumerate() {
+        let cost = score.cost;
+        let dearer_than_all_kept = cheapest.len() == keep
+            && cheapest
+                .last()
+                .is_some_and(|&last| cost.total_cmp(&scores[last].cost).is_ge());
+        if i == chosen || dearer_than_all_kept {
+            continue;
+        }
+        let at = cheapest.partition_point(|&j| scores[j].cost.total_cmp(&cost).is_le());
+        cheapest.insert(at, i);
+        cheapest.truncate(keep);
     }
-    others.sort_by(by_cost);
-    std::iter::once(chosen).chain(others).collect()
+    std::iter::once(chosen).chain(cheapest).collect()
 }
 
 #[cfg(test)]
@@ -151,10 +167,20 @@ mod tests {
         }];
         let keys: Vec<u64> = (0..100).collect();
         let mut inputs = Inputs::default();
-        for (p, load, pending) in pods {
-            inputs.push(p, *load, *pending, matches.iter().find(|m| m.pod == *p));
+        let members: Vec<(PodId, PodSlot)> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _, _))| (p.clone(), PodSlot(i as u32)))
+            .collect();
+        for (i, (p, load, pending)) in pods.iter().enumerate() {
+            inputs.push(i, load, pending, matches.iter().find(|m| m.pod == *p));
         }
-        decide(&ScoringWeights::default(), &inputs, &keys, 64).unwrap()
+        let detail = |slot: PodSlot| {
+            let (_, load, pending) = pods[slot.0 as usize];
+            (load, pending)
+        };
+        let w = ScoringWeights::default();
+        decide(&w, &mut inputs, &members, &keys, 64, detail).unwrap()
     }
 
     #[test]
@@ -171,6 +197,28 @@ mod tests {
         // The chosen pod first, its cached prefix saved.
         assert_eq!(d.candidates[0].endpoint, "10.0.0.2:8000");
         assert_eq!(d.candidates[0].saved_tokens, 5_760.0);
+    }
+
+    #[test]
+    fn the_answer_order_is_a_full_sort_cut_short() {
+        // Costs with many ties and a NaN-free spread; the chosen pod anywhere.
+        for n in [1usize, 2, 7, 8, 9, 100, 1024] {
+            let scores: Vec<Score> = (0..n)
+                .map(|i| Score {
+                    saved_tokens: 0.0,
+                    queued_tokens: 0.0,
+                    ttft_tokens: 0.0,
+                    cost: ((i * 7919) % 13) as f64,
+                })
+                .collect();
+            for chosen in [0, n / 2, n - 1] {
+                let mut sorted: Vec<usize> = (0..n).filter(|&i| i != chosen).collect();
+                sorted.sort_by(|&a, &b| scores[a].cost.total_cmp(&scores[b].cost));
+                sorted.truncate(ANSWER_CANDIDATES - 1);
+                let expected: Vec<usize> = std::iter::once(chosen).chain(sorted).collect();
+                assert_eq!(answer_order(&scores, chosen), expected, "{n} pods");
+            }
+        }
     }
 
     #[test]

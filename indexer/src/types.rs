@@ -42,6 +42,12 @@ impl fmt::Display for PodId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodSlot(pub u32);
 
+impl kvroute_scoring::BookIndex for PodSlot {
+    fn book_index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 // Load travels in the route answer's candidates: defined with it, in the contract.
 pub use kvroute_api::PodLoad;
 

@@ -174,10 +174,28 @@ impl Weights {
 
 /// Picks among `pods` for `request`; None without pods.
 pub fn choose(weights: &Weights, pods: &[PodView], request: &Request) -> Option<Decision> {
+    let mut scores = Vec::with_capacity(pods.len());
+    let (pod, reason) = choose_into(weights, pods, request, &mut scores)?;
+    Some(Decision {
+        pod,
+        reason,
+        scores,
+    })
+}
+
+/// [`choose`], its scores written into `scores` (cleared first): the chosen pod's index and
+/// why. For a caller deciding often over a large fleet, which keeps the buffer.
+pub fn choose_into(
+    weights: &Weights,
+    pods: &[PodView],
+    request: &Request,
+    scores: &mut Vec<Score>,
+) -> Option<(usize, Reason)> {
     if pods.is_empty() {
         return None;
     }
-    let scores: Vec<Score> = pods.iter().map(|p| weights.score(p, request)).collect();
+    scores.clear();
+    scores.extend(pods.iter().map(|p| weights.score(p, request)));
     let n = pods.len();
     // Deterministic spread for ties: rotate the order by the request's first key. Without
     // cache weight the key must not pick the pod either (that would be affinity).
@@ -187,18 +205,18 @@ pub fn choose(weights: &Weights, pods: &[PodView], request: &Request) -> Option<
         None
     };
     let offset = (spread_key.unwrap_or(0) % n as u64) as usize;
-    let order = (0..n).map(|i| (i + offset) % n);
     let mean_queued = scores.iter().map(|s| s.queued_tokens).sum::<f64>() / n as f64;
     let bound = weights.hot_spot_factor * mean_queued + weights.hot_spot_slack_tokens;
-    let within = |i: usize| scores[i].queued_tokens <= bound;
     // The pod with the least queued work is always within the bound (it is at most the
-    // mean), so the filtered choice below always finds one.
+    // mean), so the filtered choice below always finds one. The rotated order is two
+    // ranges, not an index modulo n per pod (a division each: a fifth of the scan).
     let mut best: Option<usize> = None;
-    for i in order {
-        if !within(i) {
+    for i in (offset..n).chain(0..offset) {
+        let s = &scores[i];
+        if s.queued_tokens > bound {
             continue;
         }
-        if best.is_none_or(|b| scores[i].cost < scores[b].cost) {
+        if best.is_none_or(|b| s.cost < scores[b].cost) {
             best = Some(i);
         }
     }
@@ -211,11 +229,7 @@ pub fn choose(weights: &Weights, pods: &[PodView], request: &Request) -> Option<
     } else {
         Reason::Spill
     };
-    Some(Decision {
-        pod: chosen,
-        reason,
-        scores,
-    })
+    Some((chosen, reason))
 }
 
 #[cfg(test)]

@@ -13,10 +13,28 @@
 
 use std::collections::VecDeque;
 
-// Every decision looks up each pod's book and the request's keys in them: SipHash was a
-// fifth of a decision's CPU at 1,024 engines. foldhash is seeded per map, as SipHash is.
+// Every decision looks up the request's keys in the books: SipHash was a fifth of a
+// decision's CPU at 1,024 engines. foldhash is seeded per map, as SipHash is.
 use foldhash::{HashMap, HashMapExt};
-use std::hash::Hash;
+
+/// What the ledger keeps its books by: a pod's dense number (the indexer's engine slot, the
+/// fleet model's engine index). Every decision reads every pod's pending work, so a book is
+/// found by its place in an array, not by hashing the pod (a quarter of a decision's CPU at
+/// 1,024 engines). The numbers should be small and dense: the books span the largest seen.
+pub trait BookIndex: Copy + Eq {
+    fn book_index(self) -> usize;
+}
+
+macro_rules! book_index_for_integers {
+    ($($t:ty),*) => {$(
+        impl BookIndex for $t {
+            fn book_index(self) -> usize {
+                self as usize
+            }
+        }
+    )*};
+}
+book_index_for_integers!(u8, u16, u32, usize);
 
 /// The work one pod has pending from this router.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -38,13 +56,6 @@ struct Ticket<P> {
     started: f64,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Book {
-    pending: Pending,
-    /// Key -> how many in-flight decisions on this pod carry it.
-    holdings: HashMap<u64, u32>,
-}
-
 /// Decisions in flight, by ticket.
 #[derive(Debug, Clone)]
 pub struct Ledger<P> {
@@ -58,7 +69,11 @@ pub struct Ledger<P> {
     live_unprefilled: usize,
     /// Where [`Ledger::confirm_some`] takes up in `unprefilled`.
     cursor: usize,
-    books: HashMap<P, Book>,
+    /// Each pod's pending work, by [`BookIndex`] (a pod never seen has none), apart from
+    /// its holdings so that the column every decision reads is dense.
+    pending: Vec<Pending>,
+    /// Each pod's key -> how many in-flight decisions on it carry the key, by [`BookIndex`].
+    holdings: Vec<HashMap<u64, u32>>,
     /// First key of a decision -> the pods with decisions in flight starting with it, and
     /// how many each. A request's keys are chained from its first block, so only decisions
     /// with the same first key can share its prefix: a match looks at those pods alone,
@@ -74,13 +89,14 @@ impl<P> Default for Ledger<P> {
             unprefilled: VecDeque::new(),
             live_unprefilled: 0,
             cursor: 0,
-            books: HashMap::new(),
+            pending: Vec::new(),
+            holdings: Vec::new(),
             roots: HashMap::new(),
         }
     }
 }
 
-impl<P: Clone + Eq + Hash> Ledger<P> {
+impl<P: BookIndex> Ledger<P> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -89,24 +105,30 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
     pub fn start(&mut self, pod: &P, keys: &[u64], tokens: f64, now: f64) -> u64 {
         let ticket = self.next;
         self.next += 1;
-        let book = self.books.entry(pod.clone()).or_default();
-        book.pending.requests += 1;
-        book.pending.tokens += tokens;
-        book.pending.in_flight += 1;
+        let at = pod.book_index();
+        if self.pending.len() <= at {
+            self.pending.resize(at + 1, Pending::default());
+            self.holdings.resize_with(at + 1, HashMap::new);
+        }
+        let pending = &mut self.pending[at];
+        pending.requests += 1;
+        pending.tokens += tokens;
+        pending.in_flight += 1;
+        let holdings = &mut self.holdings[at];
         for &k in keys {
-            *book.holdings.entry(k).or_default() += 1;
+            *holdings.entry(k).or_default() += 1;
         }
         if let Some(&first) = keys.first() {
             let pods = self.roots.entry(first).or_default();
             match pods.iter_mut().find(|(p, _)| p == pod) {
                 Some((_, n)) => *n += 1,
-                None => pods.push((pod.clone(), 1)),
+                None => pods.push((*pod, 1)),
             }
         }
         self.tickets.insert(
             ticket,
             Ticket {
-                pod: pod.clone(),
+                pod: *pod,
                 keys: keys.to_vec(),
                 tokens,
                 prefilled: false,
@@ -123,9 +145,9 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             if !t.prefilled {
                 t.prefilled = true;
                 self.live_unprefilled = self.live_unprefilled.saturating_sub(1);
-                if let Some(book) = self.books.get_mut(&t.pod) {
-                    book.pending.requests = book.pending.requests.saturating_sub(1);
-                    book.pending.tokens = (book.pending.tokens - t.tokens).max(0.0);
+                if let Some(pending) = self.pending.get_mut(t.pod.book_index()) {
+                    pending.requests = pending.requests.saturating_sub(1);
+                    pending.tokens = (pending.tokens - t.tokens).max(0.0);
                 }
             }
         }
@@ -216,13 +238,16 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         self.mark_prefilled(ticket);
         let t = self.tickets.remove(&ticket)?;
         self.sweep_unprefilled();
-        if let Some(book) = self.books.get_mut(&t.pod) {
-            book.pending.in_flight = book.pending.in_flight.saturating_sub(1);
+        let at = t.pod.book_index();
+        if let Some(pending) = self.pending.get_mut(at) {
+            pending.in_flight = pending.in_flight.saturating_sub(1);
+        }
+        if let Some(holdings) = self.holdings.get_mut(at) {
             for k in &t.keys {
-                if let Some(n) = book.holdings.get_mut(k) {
+                if let Some(n) = holdings.get_mut(k) {
                     *n -= 1;
                     if *n == 0 {
-                        book.holdings.remove(k);
+                        holdings.remove(k);
                     }
                 }
             }
@@ -266,11 +291,20 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         for t in gone {
             self.complete(t);
         }
-        self.books.remove(pod);
+        let at = pod.book_index();
+        if let Some(pending) = self.pending.get_mut(at) {
+            *pending = Pending::default();
+        }
+        if let Some(holdings) = self.holdings.get_mut(at) {
+            *holdings = HashMap::new();
+        }
     }
 
     pub fn pending(&self, pod: &P) -> Pending {
-        self.books.get(pod).map(|b| b.pending).unwrap_or_default()
+        self.pending
+            .get(pod.book_index())
+            .copied()
+            .unwrap_or_default()
     }
 
     /// For each pod with decisions in flight that start with `keys[0]`: its run of `keys`
@@ -284,12 +318,9 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         };
         pods.iter()
             .filter_map(|(pod, _)| {
-                let book = self.books.get(pod)?;
-                let run = keys
-                    .iter()
-                    .take_while(|k| book.holdings.contains_key(k))
-                    .count();
-                Some((pod.clone(), run))
+                let holdings = self.holdings.get(pod.book_index())?;
+                let run = keys.iter().take_while(|k| holdings.contains_key(k)).count();
+                Some((*pod, run))
             })
             .collect()
     }

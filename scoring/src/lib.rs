@@ -6,10 +6,10 @@
 //! the time to first token it predicts, counted in prefill tokens; [`Ledger`] keeps the
 //! router's own decisions that have not been prefilled yet (the work it knows it queued) and
 //! the keys they will hold. Both take identities as a type parameter, so the indexer keys
-//! them by its `PodId` and the model by an engine number.
+//! them by its engine slot and the model by an engine number ([`BookIndex`]).
 
 mod choose;
 mod ledger;
 
-pub use choose::{choose, Decision, PodView, Reason, Request, Score, Weights};
-pub use ledger::{Ledger, Pending};
+pub use choose::{choose, choose_into, Decision, PodView, Reason, Request, Score, Weights};
+pub use ledger::{BookIndex, Ledger, Pending};
