@@ -44,7 +44,16 @@ pub fn run(
     steps: &[Step],
     bound: &[u64],
 ) -> PolicyRun {
+    let started = std::time::Instant::now();
     let s = fleet::run(config, policy, arrivals);
+    // A large model takes minutes a policy: say how far it got.
+    tracing::info!(
+        policy = policy.name(),
+        engines = config.engines,
+        requests = arrivals.len(),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "fleet model policy done"
+    );
     let records: Vec<RequestRecord> = s
         .outcomes
         .iter()

@@ -467,7 +467,9 @@ struct Inner {
     engines: Vec<Option<Engine>>,
     /// Slots freed by dropped engines, lowest first.
     free_slots: BinaryHeap<Reverse<u32>>,
-    by_pod: HashMap<PodId, u32>,
+    /// foldhash (seeded per map, as SipHash is): the router asks [`PodIndex::holds`] for up
+    /// to a few hundred pending decisions on every decision, each a lookup here.
+    by_pod: foldhash::HashMap<PodId, u32>,
     /// (block, engine) entries: the sum of the engines' `held`.
     entries: usize,
     /// Runs by name (index 0 unused: no run); a run is its keys, in request order.
@@ -502,7 +504,7 @@ impl BlockIndex {
                 wide_free: Vec::new(),
                 engines: Vec::new(),
                 free_slots: BinaryHeap::new(),
-                by_pod: HashMap::new(),
+                by_pod: foldhash::HashMap::default(),
                 entries: 0,
                 runs: vec![None],
                 run_free: Vec::new(),
@@ -1112,6 +1114,20 @@ impl PodIndex for BlockIndex {
         found
     }
 
+    /// One cell read: the router asks this for up to `CONFIRM_PER_DECISION` pending
+    /// decisions on every decision, where a one-key prefix match would allocate its answer
+    /// and clone the holder's identity each time.
+    fn holds(&self, pod: &PodId, key: u64) -> bool {
+        let inner = read(&self.inner);
+        let Some(&slot) = inner.by_pod.get(pod) else {
+            return false;
+        };
+        inner
+            .table
+            .get(key)
+            .is_some_and(|h| h.tiers(slot, &inner.wide) != 0)
+    }
+
     fn drop_pod(&self, pod: &PodId) {
         let mut inner = write(&self.inner);
         if let Some(slot) = inner.by_pod.remove(pod) {
@@ -1399,7 +1415,7 @@ mod tests {
     }
 
     /// Random stores, removals, clears and drops over 80 engines against a plain model
-    /// of the same semantics: every prefix answer and every count agrees. Over 3 engines
+    /// of the same semantics: every prefix answer, every `holds` and every count agrees. Over 3 engines
     /// holder sets repeat along the keys, so lookups build runs and later ones go through
     /// them while stores and removals keep dropping them: answers still agree.
     #[test]
@@ -1495,6 +1511,15 @@ mod tests {
                 runs_seen += usize::from(index.read_runs().0 > 0);
                 assert_eq!(runs(&index, &query), want, "step {step}, asked again");
                 assert_eq!(index.entries(), model.len(), "step {step}");
+                for k in &query {
+                    let e = next(engines) as usize;
+                    let held = model.get(k).is_some_and(|h| h.contains_key(&e));
+                    assert_eq!(
+                        index.holds(&pod(e), *k),
+                        held,
+                        "step {step}, holds({e}, {k})"
+                    );
+                }
                 let entries: usize = model.values().map(HashMap::len).sum();
                 assert_eq!(index.pod_entries(), entries, "step {step}");
             }
