@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use kvroute_scoring::{choose, Ledger, PodView, Request, Weights};
+use kvroute_scoring::{choose, Ledger, PodView, Request, Weights, CONFIRM_PER_DECISION};
 
 use crate::scheduler::{Scheduler, SeqId};
 use crate::timing::TimingModel;
@@ -407,7 +407,12 @@ pub fn run(config: &FleetConfig, policy: Policy, arrivals: &[Arrival]) -> RunSta
                 }
                 Policy::Precise | Policy::Estimate | Policy::LoadOnly => {
                     if policy != Policy::Estimate {
-                        ledger.confirm(|&i, k| views[i].blocks.contains(&k));
+                        // Bounded as the indexer's router bounds it (a full check per
+                        // decision made an overloaded 256-engine run quadratic).
+                        ledger.confirm_some(
+                            |&i, k| views[i].blocks.contains(&k),
+                            CONFIRM_PER_DECISION,
+                        );
                     }
                     let held: HashMap<usize, usize> =
                         ledger.match_prefix(&a.hashes).into_iter().collect();

@@ -18,6 +18,7 @@ use crate::pods::PodRegistry;
 use crate::route_memory::{merge_matches, RouteMemory};
 use crate::scoring::{decide, Inputs, ScoringWeights};
 use crate::types::{PodId, PodSlot};
+use kvroute_scoring::CONFIRM_PER_DECISION;
 
 /// Where precise knowledge comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -35,11 +36,6 @@ thread_local! {
     /// Each thread's decision columns, reused (see [`Inputs`]).
     static INPUTS: std::cell::RefCell<Inputs> = std::cell::RefCell::default();
 }
-
-/// Pending decisions each decision checks for their last block stored (round robin): the
-/// ledger's lock is held for a bounded time however many decisions are in flight (a check
-/// of all of them made each decision O(tickets): 65 decisions a second at 30,000 held).
-const CONFIRM_PER_DECISION: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {

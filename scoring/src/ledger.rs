@@ -17,6 +17,12 @@ use std::collections::VecDeque;
 // decision's CPU at 1,024 engines. foldhash is seeded per map, as SipHash is.
 use foldhash::{HashMap, HashMapExt};
 
+/// Pending decisions a router checks for their last block stored on each decision, round
+/// robin ([`Ledger::confirm_some`]): the ledger's lock is held for a bounded time however
+/// many decisions are in flight (checking all of them made each decision O(pending): 65
+/// decisions a second at 30,000 held). The indexer's router and the fleet model both use it.
+pub const CONFIRM_PER_DECISION: usize = 256;
+
 /// What the ledger keeps its books by: a pod's dense number (the indexer's engine slot, the
 /// fleet model's engine index). Every decision reads every pod's pending work, so a book is
 /// found by its place in an array, not by hashing the pod (a quarter of a decision's CPU at
@@ -69,6 +75,10 @@ pub struct Ledger<P> {
     live_unprefilled: usize,
     /// Where [`Ledger::confirm_some`] takes up in `unprefilled`.
     cursor: usize,
+    /// The same tickets by pod, by [`BookIndex`], each in routing order, also left lazily:
+    /// a scrape of one engine's queue looks at that engine's decisions only, not at every
+    /// pending one (a fleet's scrapes each second were engines x pending decisions).
+    queued: Vec<VecDeque<u64>>,
     /// Each pod's pending work, by [`BookIndex`] (a pod never seen has none), apart from
     /// its holdings so that the column every decision reads is dense.
     pending: Vec<Pending>,
@@ -89,6 +99,7 @@ impl<P> Default for Ledger<P> {
             unprefilled: VecDeque::new(),
             live_unprefilled: 0,
             cursor: 0,
+            queued: Vec::new(),
             pending: Vec::new(),
             holdings: Vec::new(),
             roots: HashMap::new(),
@@ -109,6 +120,7 @@ impl<P: BookIndex> Ledger<P> {
         if self.pending.len() <= at {
             self.pending.resize(at + 1, Pending::default());
             self.holdings.resize_with(at + 1, HashMap::new);
+            self.queued.resize_with(at + 1, VecDeque::new);
         }
         let pending = &mut self.pending[at];
         pending.requests += 1;
@@ -136,6 +148,7 @@ impl<P: BookIndex> Ledger<P> {
             },
         );
         self.unprefilled.push_back(ticket);
+        self.queued[at].push_back(ticket);
         self.live_unprefilled += 1;
         ticket
     }
@@ -214,21 +227,22 @@ impl<P: BookIndex> Ledger<P> {
     /// admitted, and admission prefills in the next step (chunked prefill). Returns how many
     /// were marked prefilled.
     pub fn observe_queue(&mut self, pod: &P, waiting: f64, at: f64) -> usize {
-        let before: Vec<u64> = self
-            .unprefilled
+        let Some(queue) = self.queued.get_mut(pod.book_index()) else {
+            return 0;
+        };
+        let tickets = &self.tickets;
+        queue.retain(|t| tickets.get(t).is_some_and(|t| !t.prefilled));
+        let before: Vec<u64> = queue
             .iter()
             .copied()
-            .filter(|t| {
-                self.tickets
-                    .get(t)
-                    .is_some_and(|t| !t.prefilled && &t.pod == pod && t.started <= at)
-            })
+            .filter(|t| tickets.get(t).is_some_and(|t| t.started <= at))
             .collect();
         let still_queued = waiting.max(0.0).ceil() as usize;
         let admitted = before.len().saturating_sub(still_queued);
         for &t in &before[..admitted] {
             self.mark_prefilled(t);
         }
+        // Marked prefilled: the next observation's `retain` drops them from the queue.
         self.sweep_unprefilled();
         admitted
     }
@@ -297,6 +311,9 @@ impl<P: BookIndex> Ledger<P> {
         }
         if let Some(holdings) = self.holdings.get_mut(at) {
             *holdings = HashMap::new();
+        }
+        if let Some(queue) = self.queued.get_mut(at) {
+            *queue = VecDeque::new();
         }
     }
 
@@ -380,6 +397,17 @@ mod tests {
         assert_eq!(l.pending(&2).requests, 1, "other pods untouched");
         assert_eq!(l.observe_queue(&1, 0.0, 10.0), 2);
         assert_eq!(l.pending(&1).tokens, 0.0);
+        // A pod's queue keeps no decision that ended or was seen admitted.
+        for i in 0..1000 {
+            let t = l.start(&3, &[i], 1.0, 20.0);
+            l.complete(t);
+        }
+        let last = l.start(&3, &[7], 1.0, 21.0);
+        assert_eq!(l.observe_queue(&3, 1.0, 30.0), 0);
+        assert_eq!(l.queued[3].iter().copied().collect::<Vec<_>>(), vec![last]);
+        assert_eq!(l.observe_queue(&3, 0.0, 30.0), 1);
+        assert_eq!(l.observe_queue(&3, 0.0, 30.0), 0);
+        assert!(l.queued[3].is_empty());
     }
 
     #[test]

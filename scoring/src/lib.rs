@@ -12,4 +12,4 @@ mod choose;
 mod ledger;
 
 pub use choose::{choose, choose_into, Decision, PodView, Reason, Request, Score, Weights};
-pub use ledger::{BookIndex, Ledger, Pending};
+pub use ledger::{BookIndex, Ledger, Pending, CONFIRM_PER_DECISION};
