@@ -414,13 +414,24 @@ pub fn run(config: &FleetConfig, policy: Policy, arrivals: &[Arrival]) -> RunSta
                             CONFIRM_PER_DECISION,
                         );
                     }
-                    let held: HashMap<usize, usize> =
-                        ledger.match_prefix(&a.hashes).into_iter().collect();
+                    // Without cache weight no prefix enters the price (nor the reason):
+                    // skip finding them. Under load-only every engine's in-flight decisions
+                    // carry every hot prefix, and matching them all made its run minutes.
+                    let priced = weights.cache_weight > 0.0;
+                    let held: HashMap<usize, usize> = if priced {
+                        ledger.match_prefix(&a.hashes).into_iter().collect()
+                    } else {
+                        HashMap::new()
+                    };
                     let pods: Vec<PodView> = (0..n)
                         .map(|i| {
-                            let blocks = views[i]
-                                .prefix(&a.hashes)
-                                .max(held.get(&i).copied().unwrap_or(0));
+                            let blocks = if priced {
+                                views[i]
+                                    .prefix(&a.hashes)
+                                    .max(held.get(&i).copied().unwrap_or(0))
+                            } else {
+                                0
+                            };
                             let pending = ledger.pending(&i);
                             PodView {
                                 gpu_blocks: blocks,
