@@ -1461,9 +1461,10 @@ mod tests {
     }
 
     /// Random stores, removals, clears and drops over 80 engines against a plain model
-    /// of the same semantics: every prefix answer, every `holds` and every count agrees. Over 3 engines
-    /// holder sets repeat along the keys, so lookups build runs and later ones go through
-    /// them while stores and removals keep dropping them: answers still agree.
+    /// of the same semantics: every prefix answer, every `holds` and every count agrees.
+    /// Over 3 engines holder sets repeat along the keys, so lookups build runs and later
+    /// ones go through them while stores and removals keep dropping them: answers still
+    /// agree.
     #[test]
     fn agrees_with_a_plain_model_under_random_operations() {
         agree_with_model(80, 50, 0x5eed);

@@ -23,7 +23,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::index::PodMatch;
 use crate::pods::{PodRegistry, Slots};
-use crate::types::{PodId, PodSlot};
+use crate::types::PodSlot;
 
 /// In-flight decisions, by ticket.
 #[derive(Debug)]
@@ -177,22 +177,6 @@ impl InFlight {
         registry.set_load_at(slot, |l| l.in_flight += 1);
     }
 
-    /// A decision sent to `pod` that queues `uncached_tokens` of prefill, for `owner`;
-    /// returns its ticket.
-    pub fn start(
-        &self,
-        pod: &PodId,
-        keys: &[u64],
-        uncached_tokens: f64,
-        owner: Option<IpAddr>,
-        registry: &PodRegistry,
-    ) -> u64 {
-        let slot = registry.slot_of(pod).expect("a known engine");
-        let entry = self.with_ledger(|l, now| l.start(&slot, keys, uncached_tokens, now));
-        self.started(slot, registry);
-        self.issue(entry, keys.len(), owner, registry).0
-    }
-
     /// `caller`'s request behind `ticket` finished; false if unknown (never issued,
     /// expired, done) or another caller's.
     pub fn complete(&self, ticket: u64, caller: Option<IpAddr>, registry: &PodRegistry) -> bool {
@@ -297,6 +281,23 @@ pub fn parse_vllm_metrics(text: &str) -> EngineGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::PodId;
+
+    /// A decision sent to `pod` queuing `uncached_tokens` of prefill, for `owner`: the steps
+    /// the router takes within its decision. Returns its ticket.
+    fn start(
+        f: &InFlight,
+        pod: &PodId,
+        keys: &[u64],
+        uncached_tokens: f64,
+        owner: Option<IpAddr>,
+        registry: &PodRegistry,
+    ) -> u64 {
+        let slot = registry.slot_of(pod).expect("a known engine");
+        let entry = f.with_ledger(|l, now| l.start(&slot, keys, uncached_tokens, now));
+        f.started(slot, registry);
+        f.issue(entry, keys.len(), owner, registry).0
+    }
 
     #[test]
     fn parses_vllm_gauges() {
@@ -347,8 +348,8 @@ mod tests {
         };
         reg.add(pod.clone());
         let f = InFlight::new(Duration::from_millis(30));
-        let t = f.start(&pod, &[1, 2], 640.0, None, &reg);
-        f.start(&pod, &[1], 64.0, None, &reg);
+        let t = start(&f, &pod, &[1, 2], 640.0, None, &reg);
+        start(&f, &pod, &[1], 64.0, None, &reg);
         assert_eq!(reg.load(&pod).unwrap().in_flight, 2);
         assert_eq!(f.pending(reg.slot_of(&pod).unwrap()).tokens, 704.0);
         let held = f.with_ledger(|l, _| ledger_matches(l, &reg.slots(), &[1, 2]));
@@ -372,7 +373,7 @@ mod tests {
         let me: Option<IpAddr> = "10.1.0.1".parse().ok();
         let other: Option<IpAddr> = "10.1.0.2".parse().ok();
         let tickets: Vec<u64> = (0..1000)
-            .map(|i| f.start(&pod, &[i], 64.0, me, &reg))
+            .map(|i| start(&f, &pod, &[i], 64.0, me, &reg))
             .collect();
         // Bounded: the oldest were released to make room, and their load with them.
         assert_eq!(f.tickets(), 100);
@@ -402,7 +403,7 @@ mod tests {
         let f = InFlight::bounded(Duration::from_secs(300), 1000, 10_000);
         let keys: Vec<u64> = (0..4000).collect();
         for _ in 0..10 {
-            f.start(&pod, &keys, 64.0, None, &reg);
+            start(&f, &pod, &keys, 64.0, None, &reg);
         }
         // Two decisions of 4,000 keys fit in 10,000; the third pushes out the oldest.
         assert_eq!(f.tickets(), 2);

@@ -464,11 +464,7 @@ impl PodRegistry {
                     lower_tier_blocks: lower,
                     orphans_dropped: s.orphans,
                     stale: s.stale,
-                    load: slots
-                        .loads
-                        .get(s.slot.0 as usize)
-                        .copied()
-                        .unwrap_or_default(),
+                    load: slots.load(s.slot),
                     health: s.health,
                     down_because: s.down_because.clone(),
                     process_start_time: s.process_start_time,

@@ -148,9 +148,21 @@ impl<P: BookIndex> Ledger<P> {
             },
         );
         self.unprefilled.push_back(ticket);
-        self.queued[at].push_back(ticket);
         self.live_unprefilled += 1;
+        self.queue_for(at, ticket);
         ticket
+    }
+
+    /// Queues `ticket` on the pod at `at`. Its queue is also compacted here once stale
+    /// entries outnumber its pending decisions (amortized: each is dropped once), so a pod
+    /// whose queue is never observed (no scrapes) does not keep every ticket it was sent.
+    fn queue_for(&mut self, at: usize, ticket: u64) {
+        let queue = &mut self.queued[at];
+        queue.push_back(ticket);
+        if queue.len() > 2 * self.pending[at].requests as usize + 64 {
+            let tickets = &self.tickets;
+            queue.retain(|t| tickets.get(t).is_some_and(|t| !t.prefilled));
+        }
     }
 
     fn mark_prefilled(&mut self, ticket: u64) {
@@ -408,6 +420,12 @@ mod tests {
         assert_eq!(l.observe_queue(&3, 0.0, 30.0), 1);
         assert_eq!(l.observe_queue(&3, 0.0, 30.0), 0);
         assert!(l.queued[3].is_empty());
+        // Never observed, a pod's queue still stays near its pending decisions.
+        for i in 0..10_000 {
+            let t = l.start(&4, &[i], 1.0, 40.0);
+            l.complete(t);
+        }
+        assert!(l.queued[4].len() <= 65, "{} queued", l.queued[4].len());
     }
 
     #[test]
