@@ -8,6 +8,7 @@
 //! - `POST` [`PROMPT_ROUTE_PATH`]`?path=<request path>` the client's raw body ->
 //!   [`RouteAnswer`] with `prompt_tokens` (see [`prompt_route_uri`])
 //! - `POST` [`COMPLETE_PATH`] [`CompleteRequest`] -> [`CompleteAnswer`]
+//! - both route calls may carry [`TICKET_HEADER`]: the caller's own ticket for the decision
 //! - `GET` [`TOKENIZERS_PATH`]`/<model>/<file>`: a model's tokenizer files
 //! - every refusal: [`ErrorAnswer`] with 400 (malformed), 404 (unknown model or file) or
 //!   503 (no live pod)
@@ -22,6 +23,13 @@ pub const ROUTE_PATH: &str = "/v1/route";
 pub const PROMPT_ROUTE_PATH: &str = "/v1/route/prompt";
 /// The routed request finished: release its in-flight ticket.
 pub const COMPLETE_PATH: &str = "/v1/route/complete";
+/// Request header of both route calls: the caller's own ticket for the decision (a random,
+/// non-zero `u64` in decimal). A caller that gives up on a call (its timeout, a broken
+/// connection) releases that ticket with [`CompleteRequest`] at once, even though no answer
+/// told it: the indexer remembers a completion that comes before its decision for a while,
+/// and does not count a decision made for a caller already gone as load. Without the header
+/// (or when the ticket is taken) the indexer draws one; the answer's ticket is the one used.
+pub const TICKET_HEADER: &str = "x-kvroute-ticket";
 /// Tokenizer files for the filter, under `<TOKENIZERS_PATH>/<model>/<file>`.
 pub const TOKENIZERS_PATH: &str = "/v1/tokenizers";
 /// The query parameter of [`PROMPT_ROUTE_PATH`] naming the client's request path, which

@@ -51,11 +51,12 @@ impl Picker for IndexerPicker {
             }
             Err(PromptError::Route(_)) => return Pick::FailOpen(FailOpen::UnknownModel),
         };
-        match self
-            .state
-            .router
-            .route_among(None, &keys.model, &keys.block_hashes, subset)
-        {
+        match self.state.router.route_among(
+            Default::default(),
+            &keys.model,
+            &keys.block_hashes,
+            subset,
+        ) {
             Ok(answer) => Pick::Routed {
                 endpoints: endpoint_list(&answer, self.fallback_endpoints),
                 ticket: answer.ticket,

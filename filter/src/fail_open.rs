@@ -76,6 +76,30 @@ impl FailOpenReason {
         }
     }
 
+    /// Whether a route call that ended in this failure may have left a decision in the
+    /// indexer, to be released (`kvroute_api::TICKET_HEADER`): a timeout or a broken
+    /// connection says nothing of what the indexer did, and an answer the filter refused
+    /// was a decision; the indexer's own refusals (no pod, unknown model) made none, and
+    /// the other reasons come before any call.
+    pub fn may_leave_a_decision(self) -> bool {
+        match self {
+            FailOpenReason::IndexerUnavailable
+            | FailOpenReason::Timeout
+            | FailOpenReason::IndexerError
+            | FailOpenReason::BadAnswer
+            | FailOpenReason::FilterStateRefused
+            | FailOpenReason::EndpointNotAllowed => true,
+            FailOpenReason::UnknownModel
+            | FailOpenReason::NoPod
+            | FailOpenReason::BodyTooLarge
+            | FailOpenReason::MalformedRequest
+            | FailOpenReason::TokenizerNotLoaded
+            | FailOpenReason::HashError
+            | FailOpenReason::DispatchFailed
+            | FailOpenReason::ConfigInvalid => false,
+        }
+    }
+
     pub fn index(self) -> usize {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }

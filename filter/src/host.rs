@@ -68,6 +68,7 @@ pub fn post_json(
     path: &str,
     body: &[u8],
     authorization: Option<&str>,
+    extra_headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<u32, Status> {
     let mut headers = vec![
@@ -79,6 +80,7 @@ pub fn post_json(
     if let Some(value) = authorization {
         headers.push(("authorization", value));
     }
+    headers.extend_from_slice(extra_headers);
     hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
 }
 

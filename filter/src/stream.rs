@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use kvroute_api::{prompt_route_uri, CompleteRequest, RouteAnswer, RouteRequest};
+use kvroute_api::{prompt_route_uri, CompleteRequest, RouteAnswer, RouteRequest, TICKET_HEADER};
 use kvroute_blockhash::{Endpoint, Request, RequestExtras, RequestKeys};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel};
@@ -27,8 +27,16 @@ enum Phase {
     Pass,
     /// Buffering the body of a request we route.
     Buffering(Endpoint),
-    /// Waiting for the indexer's answer (call token).
-    AwaitingIndexer(u32),
+    /// Waiting for the indexer's answer to a call in `calls`.
+    AwaitingIndexer,
+}
+
+/// A route call in flight: Envoy's token for it, and the ticket it named for its decision
+/// (`kvroute_api::TICKET_HEADER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RouteCall {
+    token: u32,
+    ticket: u64,
 }
 
 pub struct KvRouteStream {
@@ -39,13 +47,13 @@ pub struct KvRouteStream {
     /// Bytes of request body buffered so far.
     buffered: usize,
     answer: Option<RouteAnswer>,
-    /// The route call in flight (path and body), kept for one retry when the indexer
-    /// replica Envoy picked refused the connection; `None` once retried.
+    /// The route call's path and body, kept for one retry when the indexer replica Envoy
+    /// picked refused the connection; `None` once retried.
     retry: Option<(String, Vec<u8>)>,
-    /// The retry's second call, sent back to back with the first (see `retry_route`).
-    hedge: Option<u32>,
-    /// A retry call whose answer is no longer awaited: its decision is released on arrival.
-    late: Option<u32>,
+    /// Route calls whose answer is awaited: one, or the retry's two (see `retry_route`).
+    /// Every other call's decision is released by the ticket it named, whether or not its
+    /// answer ever comes (see `release`).
+    calls: Vec<RouteCall>,
 }
 
 impl KvRouteStream {
@@ -58,8 +66,7 @@ impl KvRouteStream {
             buffered: 0,
             answer: None,
             retry: None,
-            hedge: None,
-            late: None,
+            calls: Vec::new(),
         }
     }
 
@@ -75,13 +82,13 @@ impl KvRouteStream {
     }
 
     /// Hash the body (or hand it to the indexer) and dispatch the route call.
-    /// `Ok(token)` when a call is in flight.
+    /// `Ok(())` when a call is in flight.
     fn dispatch_route(
         &mut self,
         vm: &VmState,
         kind: Endpoint,
         body: &[u8],
-    ) -> Result<u32, FailOpenReason> {
+    ) -> Result<(), FailOpenReason> {
         let config = &vm.config;
         // The model decides everything else (tokenizer, where to tokenize), so it is read
         // first with a shallow parse that does not build the prompt.
@@ -96,17 +103,10 @@ impl KvRouteStream {
             // The indexer reads the model (and resolves LoRA adapters) from the body itself;
             // the API travels as the standard path of the configured kind.
             let uri = prompt_route_uri(&config.prompt_route_path, kind.path());
-            let token = host::post_json(
-                &config.indexer_cluster,
-                &config.indexer_authority,
-                &uri,
-                body,
-                config.indexer_authorization.as_deref(),
-                timeout,
-            )
-            .map_err(|_| FailOpenReason::DispatchFailed)?;
+            let call = call_route(vm, &uri, body, timeout).ok_or(FailOpenReason::DispatchFailed)?;
+            self.calls.push(call);
             self.retry = Some((uri, body.to_vec()));
-            return Ok(token);
+            return Ok(());
         }
         let encoder = vm
             .encoder(model.base)
@@ -127,17 +127,11 @@ impl KvRouteStream {
             block_hashes: keys.block_hashes.as_slice().into(),
         };
         let json = serde_json::to_vec(&route).map_err(|_| FailOpenReason::HashError)?;
-        let token = host::post_json(
-            &config.indexer_cluster,
-            &config.indexer_authority,
-            &config.route_path,
-            &json,
-            config.indexer_authorization.as_deref(),
-            timeout,
-        )
-        .map_err(|_| FailOpenReason::DispatchFailed)?;
+        let call = call_route(vm, &config.route_path, &json, timeout)
+            .ok_or(FailOpenReason::DispatchFailed)?;
+        self.calls.push(call);
         self.retry = Some((config.route_path.clone(), json));
-        Ok(token)
+        Ok(())
     }
 
     /// The indexer replica Envoy picked could not be reached, well before the call timeout
@@ -149,40 +143,40 @@ impl KvRouteStream {
     /// go to two different replicas whatever other requests were picked in between the
     /// first call and its failure (a single retry lands on the dead replica again about
     /// half of the time under load, until Envoy has ejected it). The first answer routes;
-    /// the other one's decision is released when it arrives (`late`).
-    /// `Some((token, hedge))` when the retry is in flight.
-    fn retry_route(&mut self, vm: &VmState) -> Option<(u32, Option<u32>)> {
-        let (path, body) = self.retry.take()?;
-        let elapsed = host::micros_since(self.decision_started);
-        let left = (vm.config.call_timeout.as_micros() as u64).checked_sub(elapsed)?;
-        if left < MIN_RETRY_MICROS {
-            return None;
-        }
-        let call = || {
-            host::post_json(
-                &vm.config.indexer_cluster,
-                &vm.config.indexer_authority,
-                &path,
-                &body,
-                vm.config.indexer_authorization.as_deref(),
-                std::time::Duration::from_micros(left),
-            )
-            .ok()
+    /// the other one's decision is released (see `release`). True when the retry is in
+    /// flight.
+    fn retry_route(&mut self, vm: &VmState) -> bool {
+        let Some((path, body)) = self.retry.take() else {
+            return false;
         };
-        let first = call()?;
-        Some((first, call()))
+        let elapsed = host::micros_since(self.decision_started);
+        let Some(left) = (vm.config.call_timeout.as_micros() as u64).checked_sub(elapsed) else {
+            return false;
+        };
+        if left < MIN_RETRY_MICROS {
+            return false;
+        }
+        let left = std::time::Duration::from_micros(left);
+        self.calls
+            .extend((0..2).filter_map(|_| call_route(vm, &path, &body, left)));
+        !self.calls.is_empty()
     }
 
-    /// The answer to a call no longer awaited: a decision the indexer made for nothing,
-    /// released at once so it does not count as in-flight load.
-    fn release_late(&self, vm: &VmState, body_size: usize) {
-        if !vm.config.report_completion {
-            return;
+    /// Releases the decision a route call may have made that will not route this request:
+    /// its answer was refused or never came (the call timed out, the connection broke
+    /// after the indexer read it), or another call's answer routed. The indexer may not
+    /// have decided yet; it remembers the release and drops the decision when made, so a
+    /// request sent elsewhere never counts as load on the pod it was not sent to.
+    fn release(&self, vm: &VmState, ticket: u64) {
+        if vm.config.report_completion {
+            self.send_completion(vm, ticket);
         }
-        let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
-        let status = host::call_response_status();
-        if let Ok(answer) = classify_answer(status, &body, &vm.config.allowed_endpoints) {
-            self.send_completion(vm, answer.ticket);
+    }
+
+    /// Releases every call still awaited; none is awaited after.
+    fn release_all(&mut self, vm: &VmState) {
+        for call in std::mem::take(&mut self.calls) {
+            self.release(vm, call.ticket);
         }
     }
 
@@ -194,8 +188,8 @@ impl KvRouteStream {
             return Action::Continue;
         };
         match self.dispatch_route(vm, kind, &body) {
-            Ok(token) => {
-                self.phase = Phase::AwaitingIndexer(token);
+            Ok(()) => {
+                self.phase = Phase::AwaitingIndexer;
                 Action::Pause
             }
             Err(reason) => {
@@ -221,6 +215,7 @@ impl KvRouteStream {
             &config.complete_path,
             &body,
             config.indexer_authorization.as_deref(),
+            &[],
             config
                 .call_timeout
                 .max(std::time::Duration::from_millis(1000)),
@@ -255,35 +250,31 @@ impl Context for KvRouteStream {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.late == Some(token_id) {
-            self.late = None;
-            if let Some(vm) = self.vm.clone() {
-                self.release_late(&vm, body_size);
-            }
-            return;
-        }
-        let Phase::AwaitingIndexer(awaited) = self.phase else {
+        // A call no longer awaited was released when it stopped being awaited.
+        let Some(at) = self.calls.iter().position(|c| c.token == token_id) else {
             return;
         };
-        // The call still outstanding once this one is handled (the retry sends two).
-        let other = if token_id == awaited {
-            self.hedge.take()
-        } else if self.hedge == Some(token_id) {
-            self.hedge = None;
-            Some(awaited)
-        } else {
-            return;
-        };
-        // Whatever happens below but a wait for `other`, its answer comes too late.
-        self.late = other;
+        let call = self.calls.swap_remove(at);
         let Some(vm) = self.vm.clone() else {
+            self.calls.clear();
             self.phase = Phase::Pass;
             host::resume_request();
             return;
         };
+        if self.phase != Phase::AwaitingIndexer {
+            self.release(&vm, call.ticket);
+            return;
+        }
         let status = host::call_response_status();
         let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
-        match classify_answer(status, &body, &vm.config.allowed_endpoints) {
+        let outcome = classify_answer(status, &body, &vm.config.allowed_endpoints);
+        if outcome
+            .as_ref()
+            .is_err_and(|reason| reason.may_leave_a_decision())
+        {
+            self.release(&vm, call.ticket);
+        }
+        match outcome {
             Ok(answer) => match host::set_original_dst(&answer.endpoint) {
                 Ok(()) => {
                     vm.metrics.routed(answer.matched_blocks as u64);
@@ -300,6 +291,7 @@ impl Context for KvRouteStream {
                             answer.endpoint
                         ),
                     );
+                    self.release(&vm, answer.ticket);
                     self.fail_open(FailOpenReason::FilterStateRefused);
                 }
             },
@@ -321,24 +313,46 @@ impl Context for KvRouteStream {
                 self.fail_open(FailOpenReason::Timeout)
             }
             Err(FailOpenReason::IndexerUnavailable) => {
-                if let Some(waiting) = other {
+                if !self.calls.is_empty() {
                     // The retry's other call may still reach a live replica.
-                    self.late = None;
-                    self.phase = Phase::AwaitingIndexer(waiting);
                     return;
                 }
-                if let Some((token, hedge)) = self.retry_route(&vm) {
+                if self.retry_route(&vm) {
                     vm.metrics.indexer_retry();
-                    self.phase = Phase::AwaitingIndexer(token);
-                    self.hedge = hedge;
                     return;
                 }
                 self.fail_open(FailOpenReason::IndexerUnavailable)
             }
             Err(reason) => self.fail_open(reason),
         }
+        // Routed or failed open: any other call's decision is for nothing.
+        self.release_all(&vm);
         host::resume_request();
     }
+}
+
+/// Sends a route call naming a fresh random ticket for its decision; `None` if Envoy
+/// refused to dispatch it (or no randomness: then the call is not worth a decision that
+/// could not be released).
+fn call_route(
+    vm: &VmState,
+    path: &str,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> Option<RouteCall> {
+    let ticket = getrandom::u64().ok().filter(|&t| t != 0)?;
+    let config = &vm.config;
+    let token = host::post_json(
+        &config.indexer_cluster,
+        &config.indexer_authority,
+        path,
+        body,
+        config.indexer_authorization.as_deref(),
+        &[(TICKET_HEADER, &ticket.to_string())],
+        timeout,
+    )
+    .ok()?;
+    Some(RouteCall { token, ticket })
 }
 
 impl HttpContext for KvRouteStream {
@@ -428,5 +442,7 @@ impl HttpContext for KvRouteStream {
         if let Some(ticket) = self.answer.as_ref().map(|a| a.ticket) {
             self.send_completion(&vm, ticket);
         }
+        // The client left while the indexer was deciding.
+        self.release_all(&vm);
     }
 }

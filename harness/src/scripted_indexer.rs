@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::http::Uri;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use kvroute_api::{
-    CompleteAnswer, RouteAnswer, COMPLETE_PATH, PROMPT_ROUTE_PATH, ROUTE_PATH, TOKENIZERS_PATH,
+    CompleteAnswer, RouteAnswer, COMPLETE_PATH, PROMPT_ROUTE_PATH, ROUTE_PATH, TICKET_HEADER,
+    TOKENIZERS_PATH,
 };
 
 /// What route calls get.
@@ -28,7 +29,8 @@ pub enum RouteScript {
     Hang,
     /// Answer this status and body.
     Status(u16, String),
-    /// Answer 200 with these pods in turn (ticket = call number).
+    /// Answer 200 with these pods in turn (ticket: the one the call named, else the call
+    /// number).
     Cycle(Vec<SocketAddr>),
     /// `Cycle` over the stack's own backends (resolved by the stack builder).
     CycleBackends,
@@ -47,6 +49,8 @@ pub struct RouteCall {
     /// The query string, if any (`path=/v1/chat/completions` on prompt routes).
     pub query: Option<String>,
     pub body: Vec<u8>,
+    /// The ticket the call named for its decision (`kvroute_api::TICKET_HEADER`).
+    pub ticket: Option<u64>,
 }
 
 pub struct ScriptedIndexer {
@@ -136,13 +140,22 @@ async fn tokenizer_file(
         .map_err(|_| not_found("no such file"))
 }
 
-async fn route(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> (StatusCode, String) {
+async fn route(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let named = headers
+        .get(TICKET_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let n = match s.calls.lock() {
         Ok(mut calls) => {
             calls.push(RouteCall {
                 path: uri.path().to_string(),
                 query: uri.query().map(str::to_string),
                 body: body.to_vec(),
+                ticket: named,
             });
             calls.iter().filter(|c| c.path != COMPLETE_PATH).count()
         }
@@ -159,7 +172,8 @@ async fn route(State(s): State<Arc<Shared>>, uri: Uri, body: Bytes) -> (StatusCo
                 endpoint: pod.to_string(),
                 dp_rank: 0,
                 matched_blocks: n,
-                ticket: n as u64,
+                // The named one, as `kvroute serve` answers; else the call number.
+                ticket: named.unwrap_or(n as u64),
                 reason: kvroute_api::Reason::CacheHit,
                 candidates: Vec::new(),
                 prompt_tokens: None,

@@ -87,6 +87,12 @@ pub const MAX_ROUTE_BLOCKS: usize = 16_384;
 /// Decisions counted in flight at once; past it the oldest is released early, so callers
 /// that never report completion cannot grow the ledger or pin load.
 pub const MAX_TICKETS: usize = 65_536;
+/// Completions that came before their decision (a caller gave up on a route call and
+/// released the ticket it named), remembered so the late decision is not counted as load;
+/// past it the oldest is forgotten.
+pub const MAX_EARLY_COMPLETIONS: usize = 4_096;
+/// How long such a completion is remembered: far longer than any route call waits.
+pub const EARLY_COMPLETION_SECS: u64 = 30;
 /// Keys the in-flight ledger holds over all its decisions (~32 bytes each); past it the
 /// oldest decisions are released early.
 pub const MAX_TICKET_KEYS: usize = 4_000_000;

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router as Axum};
 use kvroute_api::{
     CompleteAnswer, CompleteRequest, PromptQuery, RouteRequest, COMPLETE_PATH, PROMPT_ROUTE_PATH,
-    ROUTE_PATH, TOKENIZERS_PATH,
+    ROUTE_PATH, TICKET_HEADER, TOKENIZERS_PATH,
 };
 use kvroute_blockhash::HashConfig;
 use serde_json::json;
@@ -32,6 +32,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::defaults;
 use crate::http_limits::{error, harden, HttpLimits};
 use crate::http_server::Peer;
+use crate::load::Caller;
 use crate::models::Models;
 use crate::prompt::PromptError;
 use crate::router::{RouteError, Router};
@@ -108,8 +109,21 @@ fn body_limit(bytes: usize) -> tower::layer::util::Stack<DefaultBodyLimit, Reque
 }
 
 /// The caller's address, when the transport knows it (tickets are tied to it).
-fn caller(peer: Option<Extension<Peer>>) -> Option<std::net::IpAddr> {
+fn caller_addr(peer: Option<Extension<Peer>>) -> Option<std::net::IpAddr> {
     peer.map(|Extension(Peer(addr))| addr.ip())
+}
+
+/// Who asks for a route: its address and the ticket it named ([`TICKET_HEADER`]; a value
+/// that is not a non-zero decimal `u64` names none).
+fn caller(peer: Option<Extension<Peer>>, headers: &HeaderMap) -> Caller {
+    Caller {
+        addr: caller_addr(peer),
+        ticket: headers
+            .get(TICKET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&t| t != 0),
+    }
 }
 
 fn route_error(e: RouteError) -> Response {
@@ -123,9 +137,10 @@ fn route_error(e: RouteError) -> Response {
 async fn route(
     State(st): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let caller = caller(peer);
+    let caller = caller(peer, &headers);
     // Parsing tens of thousands of hashes is CPU work: large bodies are decided on the
     // blocking pool, a bounded number at a time, so the async workers keep answering small
     // routes meanwhile.
@@ -147,7 +162,7 @@ async fn route(
     decide_route(&st, caller, &body)
 }
 
-fn decide_route(st: &AppState, caller: Option<std::net::IpAddr>, body: &[u8]) -> Response {
+fn decide_route(st: &AppState, caller: Caller, body: &[u8]) -> Response {
     let req: RouteRequest<'static> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -172,6 +187,7 @@ fn decide_route(st: &AppState, caller: Option<std::net::IpAddr>, body: &[u8]) ->
 async fn route_prompt(
     State(st): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
     Query(q): Query<PromptQuery>,
     body: Bytes,
 ) -> Response {
@@ -196,7 +212,10 @@ async fn route_prompt(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     let hashes = &keys.block_hashes[..keys.block_hashes.len().min(st.limits.max_route_blocks)];
-    match st.router.route_as(caller(peer), &keys.model, hashes) {
+    match st
+        .router
+        .route_as(caller(peer, &headers), &keys.model, hashes)
+    {
         Ok(mut answer) => {
             answer.prompt_tokens = Some(keys.prompt_tokens);
             Json(answer).into_response()
@@ -212,7 +231,7 @@ async fn complete(
 ) -> Response {
     match serde_json::from_slice::<CompleteRequest>(&body) {
         Ok(c) => Json(CompleteAnswer {
-            released: st.router.complete(c.ticket, caller(peer)),
+            released: st.router.complete(c.ticket, caller_addr(peer)),
         })
         .into_response(),
         Err(e) => error(

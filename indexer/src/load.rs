@@ -13,6 +13,13 @@
 //! gets a random 64-bit ticket tied to its address: another caller can neither guess it nor
 //! release it. Tickets are bounded in number and in the keys they hold: past either bound
 //! the oldest decision is released early (counted in `kvroute_tickets_evicted_total`).
+//!
+//! A caller may name its own ticket (`kvroute_api::TICKET_HEADER`), so that it can release
+//! a decision whose answer it never read: a route call that timed out still reaches the
+//! indexer, which decides later for a request already sent elsewhere. Such a completion
+//! comes before its decision; it is remembered for a while (bounded), and the decision it
+//! names is released as soon as it is made (counted in `kvroute_tickets_abandoned_total`).
+//! Otherwise that phantom request would count as load and hold its keys until the TTL.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -25,6 +32,25 @@ use crate::index::PodMatch;
 use crate::pods::{PodRegistry, Slots};
 use crate::types::PodSlot;
 
+/// Who asks for a decision: its ticket is tied to `addr`, and may be one it named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub addr: Option<IpAddr>,
+    /// The caller's own ticket for the decision (non-zero), if it named one.
+    pub ticket: Option<u64>,
+}
+
+/// What [`InFlight::issue`] did with a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    pub ticket: u64,
+    /// Older decisions released to stay within the bounds.
+    pub evicted: usize,
+    /// The caller had already released the ticket it named: the decision was released at
+    /// once and counts as nothing.
+    pub abandoned: bool,
+}
+
 /// In-flight decisions, by ticket.
 #[derive(Debug)]
 pub struct InFlight {
@@ -36,6 +62,9 @@ pub struct InFlight {
     tickets: Mutex<Tickets>,
     max_tickets: usize,
     max_keys: usize,
+    /// How long, and how many, completions that came before their decision are remembered.
+    early_keep: Duration,
+    max_early: usize,
 }
 
 /// What a caller's ticket stands for.
@@ -54,9 +83,44 @@ struct Tickets {
     /// Issue order; may still name tickets already completed (dropped lazily).
     order: VecDeque<(u64, Instant)>,
     keys: usize,
+    /// Completions of tickets not held, by owner and ticket: a caller's own ticket released
+    /// before its decision was made. Oldest first in `early_order` (may name entries since
+    /// taken).
+    early: HashMap<(Option<IpAddr>, u64), Instant>,
+    early_order: VecDeque<((Option<IpAddr>, u64), Instant)>,
 }
 
 impl Tickets {
+    /// Remembers that `owner` released `ticket` before any decision held it; forgets what
+    /// is older than `keep` or past `max` entries.
+    fn remember_early(&mut self, owner: Option<IpAddr>, ticket: u64, keep: Duration, max: usize) {
+        let now = Instant::now();
+        while let Some(&(key, at)) = self.early_order.front() {
+            if now.duration_since(at) < keep && self.early.len() < max {
+                break;
+            }
+            self.early_order.pop_front();
+            if self.early.get(&key) == Some(&at) {
+                self.early.remove(&key);
+            }
+        }
+        self.early.insert((owner, ticket), now);
+        self.early_order.push_back(((owner, ticket), now));
+        // Entries taken by their decision leave the order lazily.
+        if self.early_order.len() > 2 * self.early.len() + 64 {
+            let live = &self.early;
+            self.early_order
+                .retain(|(key, at)| live.get(key) == Some(at));
+        }
+    }
+
+    /// Whether `owner` released `ticket` early, within `keep`; forgets it either way.
+    fn take_early(&mut self, owner: Option<IpAddr>, ticket: u64, keep: Duration) -> bool {
+        self.early
+            .remove(&(owner, ticket))
+            .is_some_and(|at| at.elapsed() < keep)
+    }
+
     fn remove(&mut self, ticket: u64) -> Option<Held> {
         let held = self.by_ticket.remove(&ticket)?;
         self.keys -= held.keys;
@@ -98,46 +162,59 @@ impl InFlight {
             tickets: Mutex::new(Tickets::default()),
             max_tickets: max_tickets.max(1),
             max_keys: max_keys.max(1),
+            early_keep: Duration::from_secs(crate::defaults::EARLY_COMPLETION_SECS),
+            max_early: crate::defaults::MAX_EARLY_COMPLETIONS,
         }
     }
 
-    /// A ticket for the ledger's decision `entry` (holding `keys` keys), owned by `owner`:
-    /// random and unused. Returns it and how many older decisions were released to stay in
-    /// bounds.
-    pub fn issue(
-        &self,
-        entry: u64,
-        keys: usize,
-        owner: Option<IpAddr>,
-        registry: &PodRegistry,
-    ) -> (u64, usize) {
-        let mut evicted = Vec::new();
-        let ticket = {
+    /// A ticket for the ledger's decision `entry` (holding `keys` keys) for `caller`: the
+    /// one it named if free, else random and unused. A decision whose named ticket the
+    /// caller already released is ended at once.
+    pub fn issue(&self, entry: u64, keys: usize, caller: Caller, registry: &PodRegistry) -> Issued {
+        let owner = caller.addr;
+        let mut ended = Vec::new();
+        let (ticket, abandoned) = {
             let mut t = self.tickets.lock();
-            while !t.by_ticket.is_empty()
-                && (t.by_ticket.len() >= self.max_tickets || t.keys + keys > self.max_keys)
-            {
-                match t.pop_oldest() {
-                    Some(held) => evicted.push(held.entry),
-                    None => break,
+            let named = caller.ticket.filter(|&n| n != 0);
+            match named {
+                Some(n) if t.take_early(owner, n, self.early_keep) => {
+                    ended.push(entry);
+                    (n, true)
+                }
+                _ => {
+                    while !t.by_ticket.is_empty()
+                        && (t.by_ticket.len() >= self.max_tickets || t.keys + keys > self.max_keys)
+                    {
+                        match t.pop_oldest() {
+                            Some(held) => ended.push(held.entry),
+                            None => break,
+                        }
+                    }
+                    let ticket = match named {
+                        Some(n) if !t.by_ticket.contains_key(&n) => n,
+                        _ => loop {
+                            let candidate: u64 = rand::random();
+                            if candidate != 0 && !t.by_ticket.contains_key(&candidate) {
+                                break candidate;
+                            }
+                        },
+                    };
+                    t.by_ticket.insert(ticket, Held { entry, owner, keys });
+                    t.order.push_back((ticket, Instant::now()));
+                    t.keys += keys;
+                    (ticket, false)
                 }
             }
-            let ticket = loop {
-                let candidate: u64 = rand::random();
-                if candidate != 0 && !t.by_ticket.contains_key(&candidate) {
-                    break candidate;
-                }
-            };
-            t.by_ticket.insert(ticket, Held { entry, owner, keys });
-            t.order.push_back((ticket, Instant::now()));
-            t.keys += keys;
-            ticket
         };
-        let n = evicted.len();
-        for entry in evicted {
+        let evicted = ended.len() - usize::from(abandoned);
+        for entry in ended {
             self.end(entry, registry);
         }
-        (ticket, n)
+        Issued {
+            ticket,
+            evicted,
+            abandoned,
+        }
     }
 
     /// Ends the ledger's decision `entry` and its load.
@@ -178,13 +255,18 @@ impl InFlight {
     }
 
     /// `caller`'s request behind `ticket` finished; false if unknown (never issued,
-    /// expired, done) or another caller's.
+    /// expired, done, or not decided yet: then remembered for a while, see the module) or
+    /// another caller's.
     pub fn complete(&self, ticket: u64, caller: Option<IpAddr>, registry: &PodRegistry) -> bool {
         let held = {
             let mut t = self.tickets.lock();
             match t.by_ticket.get(&ticket) {
                 Some(held) if held.owner.is_none() || held.owner == caller => t.remove(ticket),
-                _ => None,
+                Some(_) => None,
+                None => {
+                    t.remember_early(caller, ticket, self.early_keep, self.max_early);
+                    None
+                }
             }
         };
         held.is_some_and(|h| self.end(h.entry, registry))
@@ -296,7 +378,96 @@ mod tests {
         let slot = registry.slot_of(pod).expect("a known engine");
         let entry = f.with_ledger(|l, now| l.start(&slot, keys, uncached_tokens, now));
         f.started(slot, registry);
-        f.issue(entry, keys.len(), owner, registry).0
+        let caller = Caller {
+            addr: owner,
+            ticket: None,
+        };
+        f.issue(entry, keys.len(), caller, registry).ticket
+    }
+
+    #[test]
+    fn a_ticket_released_before_its_decision_ends_the_decision_when_made() {
+        let reg = PodRegistry::new(Some("m".into()));
+        let pod = PodId {
+            endpoint: "10.0.0.1:8000".into(),
+            dp_rank: 0,
+        };
+        reg.add(pod.clone());
+        let slot = reg.slot_of(&pod).unwrap();
+        let f = InFlight::new(Duration::from_secs(300));
+        let me: Option<IpAddr> = "10.1.0.1".parse().ok();
+        let other: Option<IpAddr> = "10.1.0.2".parse().ok();
+        let decide = |ticket: u64, addr: Option<IpAddr>| {
+            let entry = f.with_ledger(|l, now| l.start(&slot, &[1, 2], 640.0, now));
+            f.started(slot, &reg);
+            let caller = Caller {
+                addr,
+                ticket: Some(ticket),
+            };
+            f.issue(entry, 2, caller, &reg)
+        };
+        // The caller named 7 and gave up before the decision: released when made.
+        assert!(!f.complete(7, me, &reg));
+        let issued = decide(7, me);
+        assert_eq!((issued.ticket, issued.abandoned), (7, true));
+        assert_eq!(reg.load(&pod).unwrap().in_flight, 0);
+        assert_eq!(f.pending(slot), Pending::default());
+        assert_eq!(f.tickets(), 0);
+        // Remembered once: the same ticket named again is a live decision.
+        let issued = decide(7, me);
+        assert_eq!((issued.ticket, issued.abandoned), (7, false));
+        assert_eq!(f.pending(slot).in_flight, 1);
+        // Another caller's early completion of 8 does not release my decision 8.
+        assert!(!f.complete(8, other, &reg));
+        let issued = decide(8, me);
+        assert_eq!((issued.ticket, issued.abandoned), (8, false));
+        // A named ticket already held is not shared: the indexer draws another.
+        let issued = decide(8, me);
+        assert!(!issued.abandoned);
+        assert_ne!(issued.ticket, 8);
+        assert_eq!(f.tickets(), 3);
+        assert!(f.complete(7, me, &reg));
+        assert!(!f.complete(8, other, &reg), "another caller's ticket");
+        assert!(f.complete(8, me, &reg));
+    }
+
+    #[test]
+    fn early_completions_are_bounded_and_forgotten() {
+        let reg = PodRegistry::new(Some("m".into()));
+        let pod = PodId {
+            endpoint: "10.0.0.1:8000".into(),
+            dp_rank: 0,
+        };
+        reg.add(pod.clone());
+        let slot = reg.slot_of(&pod).unwrap();
+        let mut f = InFlight::new(Duration::from_secs(300));
+        f.max_early = 100;
+        let me: Option<IpAddr> = "10.1.0.1".parse().ok();
+        // A flood of completions for tickets never issued keeps at most 100.
+        for t in 1..=10_000u64 {
+            f.complete(t, me, &reg);
+        }
+        {
+            let t = f.tickets.lock();
+            assert_eq!(t.early.len(), 100);
+            assert!(t.early_order.len() <= 2 * 100 + 64 + 1);
+        }
+        let named = |f: &InFlight, ticket| {
+            let entry = f.with_ledger(|l, now| l.start(&slot, &[1], 64.0, now));
+            f.started(slot, &reg);
+            let caller = Caller {
+                addr: me,
+                ticket: Some(ticket),
+            };
+            f.issue(entry, 1, caller, &reg).abandoned
+        };
+        assert!(named(&f, 10_000), "the newest is remembered");
+        assert!(!named(&f, 1), "the oldest was forgotten");
+        // And forgotten after the time.
+        f.early_keep = Duration::from_millis(20);
+        f.complete(20_000, me, &reg);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!named(&f, 20_000));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub orphans: Counter,
     pub rekey_evictions: Counter,
     pub tickets_evicted: Counter,
+    pub tickets_abandoned: Counter,
     pub http_connections_evicted: Counter,
     pub index_entries: Gauge,
     pub route_decisions: Family<ReasonLabel, Counter>,
@@ -69,6 +70,7 @@ impl Metrics {
         let orphans = Counter::default();
         let rekey_evictions = Counter::default();
         let tickets_evicted = Counter::default();
+        let tickets_abandoned = Counter::default();
         let http_connections_evicted = Counter::default();
         let index_entries = Gauge::default();
         let route_decisions = Family::<ReasonLabel, Counter>::default();
@@ -157,6 +159,11 @@ impl Metrics {
             tickets_evicted.clone(),
         );
         registry.register(
+            "tickets_abandoned",
+            "Decisions released as soon as made: their caller had given up on the route call and released the ticket it named",
+            tickets_abandoned.clone(),
+        );
+        registry.register(
             "http_connections_evicted",
             "Idle HTTP connections closed to make room for a new one at --max-connections",
             http_connections_evicted.clone(),
@@ -215,6 +222,7 @@ impl Metrics {
             orphans,
             rekey_evictions,
             tickets_evicted,
+            tickets_abandoned,
             http_connections_evicted,
             index_entries,
             route_decisions,

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::index::PodIndex;
 use crate::index::PodMatch;
 use crate::load::ledger_matches;
-use crate::load::InFlight;
+use crate::load::{Caller, InFlight};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pods::PodRegistry;
 use crate::route_memory::{merge_matches, RouteMemory};
@@ -65,13 +65,13 @@ pub struct Router {
 impl Router {
     /// A decision for an in-process caller (its ticket completes from anywhere).
     pub fn route(&self, model: &str, keys: &[u64]) -> Result<RouteAnswer, RouteError> {
-        self.route_as(None, model, keys)
+        self.route_as(Caller::default(), model, keys)
     }
 
     /// A decision for `caller`: only the same address may complete its ticket.
     pub fn route_as(
         &self,
-        caller: Option<std::net::IpAddr>,
+        caller: Caller,
         model: &str,
         keys: &[u64],
     ) -> Result<RouteAnswer, RouteError> {
@@ -82,7 +82,7 @@ impl Router {
     /// `allowed` when given (the endpoint picker protocol's subset hint).
     pub fn route_among(
         &self,
-        caller: Option<std::net::IpAddr>,
+        caller: Caller,
         model: &str,
         keys: &[u64],
         allowed: Option<&[String]>,
@@ -156,11 +156,13 @@ impl Router {
             })
             .ok_or_else(|| RouteError::NoLivePod(model.to_owned()))?;
         self.in_flight.started(slot, &self.registry);
-        let (ticket, evicted) = self
+        let issued = self
             .in_flight
             .issue(entry, keys.len(), caller, &self.registry);
-        self.metrics.tickets_evicted.inc_by(evicted as u64);
-        if self.mode == RouteMode::Estimate {
+        self.metrics.tickets_evicted.inc_by(issued.evicted as u64);
+        if issued.abandoned {
+            self.metrics.tickets_abandoned.inc();
+        } else if self.mode == RouteMode::Estimate {
             self.memory.record(&decision.pod, keys);
         }
         self.metrics
@@ -180,7 +182,7 @@ impl Router {
             endpoint: decision.pod.endpoint.to_string(),
             dp_rank: decision.pod.dp_rank,
             matched_blocks: decision.matched_blocks,
-            ticket,
+            ticket: issued.ticket,
             reason: decision.reason,
             candidates: decision.candidates,
             prompt_tokens: None,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kvroute_api::{ErrorAnswer, RouteAnswer};
+use kvroute_api::{ErrorAnswer, RouteAnswer, COMPLETE_PATH, TICKET_HEADER};
 use kvroute_indexer::http_limits::HttpLimits;
 use kvroute_indexer::ingest::IngestConfig;
 use kvroute_indexer::serve::{serve, ServeConfig};
@@ -516,6 +516,79 @@ async fn tickets_are_unguessable_and_only_their_caller_releases_them() {
     );
     assert!(complete(&owner, tickets[0]).await);
     assert!(!complete(&owner, tickets[0]).await, "released twice");
+}
+
+/// A caller that gave up on a route call (its timeout) releases the ticket it named before
+/// the decision exists; the daemon drops that decision when it is made. Another caller's
+/// release of the same number does not, and a named ticket is used only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_ticket_released_before_its_decision_leaves_no_load() {
+    let d = start(HttpLimits::default()).await;
+    let owner = client_from("127.0.0.2");
+    let other = client_from("127.0.0.3");
+    let complete = |client: &reqwest::Client, ticket: u64| {
+        let req = client
+            .post(format!("http://{}{COMPLETE_PATH}", d.addr))
+            .json(&json!({ "ticket": ticket }));
+        async move {
+            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            v["released"].as_bool().unwrap()
+        }
+    };
+    let named_route = |client: &reqwest::Client, ticket: &str, key: u64| {
+        let req = client
+            .post(format!("http://{}/v1/route", d.addr))
+            .header(TICKET_HEADER, ticket)
+            .json(&json!({"model": MODEL, "block_hashes": [key]}));
+        async move {
+            let answer: RouteAnswer = req.send().await.unwrap().json().await.unwrap();
+            answer
+        }
+    };
+    let in_flight = || {
+        let url = format!("http://{}/v1/pods", d.addr);
+        async move {
+            let pods: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            pods["pods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["load"]["in_flight"].as_u64().unwrap())
+                .sum::<u64>()
+        }
+    };
+    let abandoned = || {
+        let url = format!("http://{}/metrics", d.addr);
+        async move {
+            let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+            page.lines()
+                .find_map(|l| l.strip_prefix("kvroute_tickets_abandoned_total "))
+                .map(|v| v.trim().parse::<f64>().unwrap())
+                .unwrap()
+        }
+    };
+    // Released first (unknown yet: not released), then decided: no load left.
+    assert!(!complete(&owner, 4242).await);
+    let answer = named_route(&owner, "4242", 1).await;
+    assert_eq!(answer.ticket, 4242);
+    assert_eq!(in_flight().await, 0);
+    assert_eq!(abandoned().await, 1.0);
+    // The release was used up: the same ticket named again is a live decision.
+    let answer = named_route(&owner, "4242", 2).await;
+    assert_eq!(answer.ticket, 4242);
+    assert_eq!(in_flight().await, 1);
+    // Another address releasing 77 does not drop the owner's decision 77.
+    assert!(!complete(&other, 77).await);
+    assert_eq!(named_route(&owner, "77", 3).await.ticket, 77);
+    assert_eq!(in_flight().await, 2);
+    // A named ticket already held is not shared; a malformed one names none.
+    assert_ne!(named_route(&owner, "77", 4).await.ticket, 77);
+    assert_ne!(named_route(&owner, "not a number", 5).await.ticket, 0);
+    assert_eq!(in_flight().await, 4);
+    assert!(complete(&owner, 4242).await);
+    assert!(complete(&owner, 77).await);
+    assert_eq!(in_flight().await, 2);
+    assert_eq!(abandoned().await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,19 @@ fn route(stack: &Stack, body: &Value) -> Value {
     answer
 }
 
+/// The indexer's `/metrics` page, kvroute's own series only (for a failure's message).
+fn indexer_metrics(stack: &Stack) -> String {
+    http::send(stack.indexer_addr, "GET", "/metrics", &[], b"")
+        .map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .filter(|l| l.starts_with("kvroute_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 fn candidates(answer: &Value) -> Vec<String> {
     answer["candidates"]
         .as_array()
@@ -226,7 +239,8 @@ fn wait_learned(stack: &Stack, tags: &[String], engines: &[String], timeout: Dur
             }
             assert!(
                 started.elapsed() < timeout,
-                "{tag} not routed on its blocks to {engine}: {answer}\n{}",
+                "{tag} not routed on its blocks to {engine}: {answer}\nindexer metrics:\n{}\n{}",
+                indexer_metrics(stack),
                 stack.logs()
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -1,9 +1,11 @@
 //! Fail open, proven in the real Envoy: when the indexer hangs, is killed, or answers an
 //! error, every request is still served by a healthy pod, and no request waits longer
-//! than the call timeout (50 ms) for the filter's decision.
+//! than the call timeout (50 ms) for the filter's decision; a call it gave up on has its
+//! decision released by the ticket it named (the indexer's side: `http_hardening.rs`).
 
 use std::time::Duration;
 
+use kvroute_api::{CompleteRequest, COMPLETE_PATH};
 use kvroute_harness::scripted_indexer::RouteScript;
 use kvroute_harness::stack::{IndexerSpec, Stack, QWEN3_MODEL};
 
@@ -65,6 +67,37 @@ fn stack_with(failure: RouteScript, tokenize_in: &str) -> Stack {
 fn hung_indexer_costs_at_most_the_call_timeout() {
     let stack = stack_with(RouteScript::Hang, "indexer");
     served_within_timeout(&stack, 10, "timeout");
+    // Each call named its decision's ticket, and the filter released that ticket when it
+    // gave up: a decision the indexer makes late is not counted as load.
+    let indexer = stack.scripted_indexer().expect("scripted indexer");
+    let named: Vec<u64> = indexer
+        .calls()
+        .iter()
+        .filter(|c| c.path != COMPLETE_PATH)
+        .map(|c| c.ticket.expect("a route call names its ticket"))
+        .collect();
+    assert_eq!(named.len(), 10);
+    let released = || -> Vec<u64> {
+        indexer
+            .calls()
+            .iter()
+            .filter(|c| c.path == COMPLETE_PATH)
+            .filter_map(|c| serde_json::from_slice::<CompleteRequest>(&c.body).ok())
+            .map(|c| c.ticket)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while released().len() < named.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut released = released();
+    released.sort_unstable();
+    let mut expected = named.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        released, expected,
+        "every timed-out call's ticket released once"
+    );
     let hist = stack.envoy.prometheus().expect("prometheus");
     assert!(
         hist.contains("kvroute_decision_us"),
