@@ -425,6 +425,20 @@ def check_indexer_reachable(name, docs, bootstrap, errors):
         errors.append(f"{name}: the filter calls {addr}:{port} but the overlay has no Service {service} with that port")
 
 
+def check_indexer_replicas(name, docs, errors):
+    """A filter calling standalone indexer replicas sends each completion to every one of
+    them (each knows only its own decisions): its indexer_replicas is their count."""
+    config = filter_config(docs)
+    deployments = [d for d in find(docs, "Deployment") if d["metadata"]["name"] == "kvroute-indexer"]
+    if not config or not deployments:
+        return  # no filter, or the indexer is a sidecar of each gateway pod (one each)
+    replicas = deployments[0]["spec"].get("replicas", 1)
+    told = int(config.get("indexer_replicas", 1))
+    if told != replicas:
+        errors.append(f"{name}: the filter's indexer_replicas is {told} but kvroute-indexer runs {replicas} replicas "
+                      "(each completion must reach every replica)")
+
+
 PICK_STATE = "envoy.network.transport_socket.original_dst_address"
 PICK_HEADER = "x-gateway-destination-endpoint"
 
@@ -634,6 +648,7 @@ def main():
             else:
                 continue
             check_indexer_reachable(name, rendered, configs[name], errors)
+            check_indexer_replicas(name, rendered, errors)
             check_picked_failover(name, rendered, configs[name], errors)
         for name, cfg in configs.items():
             path = out / f"{name}.envoy.json"

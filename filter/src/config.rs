@@ -135,6 +135,11 @@ struct RawConfig {
     )]
     report_completion: bool,
     #[serde(
+        default = "default_indexer_replicas",
+        deserialize_with = "lenient::number"
+    )]
+    indexer_replicas: usize,
+    #[serde(
         default = "default_preload_tokenizers",
         deserialize_with = "lenient::flag"
     )]
@@ -192,6 +197,12 @@ fn default_tokenizer_fetch_timeout_ms() -> u64 {
 fn default_report_completion() -> bool {
     true
 }
+/// One indexer: each completion is sent once.
+fn default_indexer_replicas() -> usize {
+    1
+}
+/// More copies of each completion than this would be a configuration mistake.
+const MAX_INDEXER_REPLICAS: usize = 16;
 /// Every VM fetches its tokenizers when the plugin starts, so a worker's first request is
 /// routed; the price is one tokenizer in the main thread's VM too, which serves no
 /// requests (`false` saves it, and the first request per worker then goes unrouted).
@@ -264,6 +275,10 @@ pub struct PluginConfig {
     pub complete_path: String,
     pub tokenizer_fetch_timeout: Duration,
     pub report_completion: bool,
+    /// Indexer replicas behind `indexer_cluster`. Each replica knows only the decisions it
+    /// made, and Envoy picks a replica per call, so a completion goes to every replica:
+    /// this many copies back to back, which round robin spreads over that many replicas.
+    pub indexer_replicas: usize,
     /// Load tokenizers when the plugin starts instead of at a VM's first request (every VM,
     /// including the main thread's, which never serves requests).
     pub preload_tokenizers: bool,
@@ -305,6 +320,11 @@ impl PluginConfig {
             return Err(ConfigError::Invalid(
                 "call_timeout_ms must be at least 1".into(),
             ));
+        }
+        if !(1..=MAX_INDEXER_REPLICAS).contains(&raw.indexer_replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "indexer_replicas must be 1 to {MAX_INDEXER_REPLICAS}"
+            )));
         }
         if raw.indexer_cluster.is_empty() {
             return Err(ConfigError::Invalid("indexer_cluster is empty".into()));
@@ -362,6 +382,7 @@ impl PluginConfig {
             complete_path: raw.complete_path,
             tokenizer_fetch_timeout: Duration::from_millis(raw.tokenizer_fetch_timeout_ms),
             report_completion: raw.report_completion,
+            indexer_replicas: raw.indexer_replicas,
             preload_tokenizers: raw.preload_tokenizers,
             allowed_endpoints,
             indexer_authorization: raw
@@ -584,5 +605,21 @@ mod tests {
             PluginConfig::parse(br#"{"hash_scheme":"sha256"}"#),
             Ok(PluginConfig { hash, .. }) if hash.scheme == HashScheme::Sha256
         ));
+    }
+
+    #[test]
+    fn indexer_replicas_default_to_one_and_are_bounded() {
+        assert_eq!(PluginConfig::parse(b"{}").unwrap().indexer_replicas, 1);
+        let three = PluginConfig::parse(br#"{"indexer_replicas":"3"}"#).unwrap();
+        assert_eq!(three.indexer_replicas, 3);
+        for bad in [
+            &br#"{"indexer_replicas":0}"#[..],
+            br#"{"indexer_replicas":17}"#,
+        ] {
+            assert!(matches!(
+                PluginConfig::parse(bad),
+                Err(ConfigError::Invalid(_))
+            ));
+        }
     }
 }

@@ -209,20 +209,24 @@ impl KvRouteStream {
             return;
         }
         let config = &vm.config;
-        if host::post_json(
-            &config.indexer_cluster,
-            &config.indexer_authority,
-            &config.complete_path,
-            &body,
-            config.indexer_authorization.as_deref(),
-            &[],
-            config
-                .call_timeout
-                .max(std::time::Duration::from_millis(1000)),
-        )
-        .is_ok()
-        {
-            vm.metrics.completion_sent();
+        // To every replica: only the one that decided knows the ticket (the others
+        // remember it briefly as released, see `kvroute_api::TICKET_HEADER`).
+        for _ in 0..config.indexer_replicas {
+            if host::post_json(
+                &config.indexer_cluster,
+                &config.indexer_authority,
+                &config.complete_path,
+                &body,
+                config.indexer_authorization.as_deref(),
+                &[],
+                config
+                    .call_timeout
+                    .max(std::time::Duration::from_millis(1000)),
+            )
+            .is_ok()
+            {
+                vm.metrics.completion_sent();
+            }
         }
         let _ = host::set_effective_context(self.context_id);
     }

@@ -239,9 +239,15 @@ impl Default for EppOptions {
 impl StackBuilder {
     /// Run `n` replicas of [`IndexerSpec::Kvroute`], each with the same arguments on its
     /// own HTTP port, all in Envoy's indexer cluster (several replicas fit the wiring where
-    /// the indexer dials the engines: [`KvWiring::IndexerConnects`]).
+    /// the indexer dials the engines: [`KvWiring::IndexerConnects`]); the filter is told
+    /// `indexer_replicas: n`.
     pub fn indexer_replicas(mut self, n: usize) -> Self {
         self.indexer_replicas = n.max(1);
+        // Each completion goes to every replica (only the deciding one knows its ticket).
+        self.plugin.insert(
+            "indexer_replicas".to_string(),
+            serde_json::json!(self.indexer_replicas),
+        );
         self
     }
 

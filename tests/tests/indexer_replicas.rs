@@ -224,6 +224,26 @@ fn a_replica_killed_under_load_costs_no_request_and_no_routing() {
     let survivor = http::send(replicas[1], "GET", "/readyz", &[], b"").unwrap();
     assert_eq!(survivor.status, 200);
     assert!(http::send(replicas[0], "GET", "/readyz", &[], b"").is_err());
+    // Every decision the survivor made was released when its request ended, although while
+    // both replicas were up the filter's completion went to whichever Envoy picked: the
+    // filter sends each completion to every replica (`indexer_replicas`).
+    let in_flight = || -> u64 {
+        http::send(replicas[1], "GET", "/v1/pods", &[], b"")
+            .and_then(|r| r.json())
+            .map(|pods| {
+                pods["pods"].as_array().map_or(0, |all| {
+                    all.iter()
+                        .map(|p| p["load"]["in_flight"].as_u64().unwrap_or(0))
+                        .sum()
+                })
+            })
+            .unwrap_or(u64::MAX)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || in_flight() == 0),
+        "the survivor still counts {} decisions in flight after the last request ended",
+        in_flight()
+    );
 }
 
 /// Envoy's `/clusters` page: every host's counters and health flags.

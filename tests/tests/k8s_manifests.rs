@@ -66,11 +66,11 @@ fn every_manifest_and_both_envoy_attachments_validate() {
 
 /// The checks can fail: a field no schema knows (in a manifest and in Istio's Deployment
 /// patch), a route the real Envoy refuses, a kustomization naming a missing file, debug
-/// headers on, an unpinned filter, a sidecar not where the filter calls it, and a picker
-/// port nothing serves are each reported.
+/// headers on, an unpinned filter, a sidecar not where the filter calls it, a filter told of
+/// fewer indexer replicas than run, and a picker port nothing serves are each reported.
 #[test]
 fn broken_manifests_are_refused() {
-    let cases: [(&str, &str, &str, &str); 10] = [
+    let cases: [(&str, &str, &str, &str); 11] = [
         (
             "base/indexer.yaml",
             "readinessProbe:",
@@ -126,6 +126,14 @@ fn broken_manifests_are_refused() {
             "            restartPolicy: Always\n",
             "            restartPolicy: Always\n            restartPolicyy: Always\n",
             "restartPolicyy",
+        ),
+        // Two standalone replicas (engines-bind) with a filter told of one: half of the
+        // completions would miss the replica that decided.
+        (
+            "overlays/envoy-gateway/kustomization.yaml",
+            "resources:\n",
+            "components:\n- ../../components/engines-bind\nresources:\n",
+            "the filter's indexer_replicas is 1 but kvroute-indexer runs 2 replicas",
         ),
         (
             "overlays/inferencepool/kustomization.yaml",
