@@ -365,8 +365,34 @@ mod tests {
     use super::*;
     use crate::types::PodId;
 
-    /// A decision sent to `pod` queuing `uncached_tokens` of prefill, for `owner`: the steps
-    /// the router takes within its decision. Returns its ticket.
+    /// A registry of one engine.
+    fn one_engine() -> (PodRegistry, PodId) {
+        let reg = PodRegistry::new(Some("m".into()));
+        let pod = PodId {
+            endpoint: "10.0.0.1:8000".into(),
+            dp_rank: 0,
+        };
+        reg.add(pod.clone());
+        (reg, pod)
+    }
+
+    /// A decision sent to `pod` queuing `uncached_tokens` of prefill, for `caller`: the
+    /// steps the router takes within its decision.
+    fn start_for(
+        f: &InFlight,
+        pod: &PodId,
+        keys: &[u64],
+        uncached_tokens: f64,
+        caller: Caller,
+        registry: &PodRegistry,
+    ) -> Issued {
+        let slot = registry.slot_of(pod).expect("a known engine");
+        let entry = f.with_ledger(|l, now| l.start(&slot, keys, uncached_tokens, now));
+        f.started(slot, registry);
+        f.issue(entry, keys.len(), caller, registry)
+    }
+
+    /// [`start_for`] a caller at `owner` that names no ticket; the ticket drawn.
     fn start(
         f: &InFlight,
         pod: &PodId,
@@ -375,36 +401,26 @@ mod tests {
         owner: Option<IpAddr>,
         registry: &PodRegistry,
     ) -> u64 {
-        let slot = registry.slot_of(pod).expect("a known engine");
-        let entry = f.with_ledger(|l, now| l.start(&slot, keys, uncached_tokens, now));
-        f.started(slot, registry);
         let caller = Caller {
             addr: owner,
             ticket: None,
         };
-        f.issue(entry, keys.len(), caller, registry).ticket
+        start_for(f, pod, keys, uncached_tokens, caller, registry).ticket
     }
 
     #[test]
     fn a_ticket_released_before_its_decision_ends_the_decision_when_made() {
-        let reg = PodRegistry::new(Some("m".into()));
-        let pod = PodId {
-            endpoint: "10.0.0.1:8000".into(),
-            dp_rank: 0,
-        };
-        reg.add(pod.clone());
+        let (reg, pod) = one_engine();
         let slot = reg.slot_of(&pod).unwrap();
         let f = InFlight::new(Duration::from_secs(300));
         let me: Option<IpAddr> = "10.1.0.1".parse().ok();
         let other: Option<IpAddr> = "10.1.0.2".parse().ok();
         let decide = |ticket: u64, addr: Option<IpAddr>| {
-            let entry = f.with_ledger(|l, now| l.start(&slot, &[1, 2], 640.0, now));
-            f.started(slot, &reg);
             let caller = Caller {
                 addr,
                 ticket: Some(ticket),
             };
-            f.issue(entry, 2, caller, &reg)
+            start_for(&f, &pod, &[1, 2], 640.0, caller, &reg)
         };
         // The caller named 7 and gave up before the decision: released when made.
         assert!(!f.complete(7, me, &reg));
@@ -433,13 +449,7 @@ mod tests {
 
     #[test]
     fn early_completions_are_bounded_and_forgotten() {
-        let reg = PodRegistry::new(Some("m".into()));
-        let pod = PodId {
-            endpoint: "10.0.0.1:8000".into(),
-            dp_rank: 0,
-        };
-        reg.add(pod.clone());
-        let slot = reg.slot_of(&pod).unwrap();
+        let (reg, pod) = one_engine();
         let mut f = InFlight::new(Duration::from_secs(300));
         f.max_early = 100;
         let me: Option<IpAddr> = "10.1.0.1".parse().ok();
@@ -453,13 +463,11 @@ mod tests {
             assert!(t.early_order.len() <= 2 * 100 + 64 + 1);
         }
         let named = |f: &InFlight, ticket| {
-            let entry = f.with_ledger(|l, now| l.start(&slot, &[1], 64.0, now));
-            f.started(slot, &reg);
             let caller = Caller {
                 addr: me,
                 ticket: Some(ticket),
             };
-            f.issue(entry, 1, caller, &reg).abandoned
+            start_for(f, &pod, &[1], 64.0, caller, &reg).abandoned
         };
         assert!(named(&f, 10_000), "the newest is remembered");
         assert!(!named(&f, 1), "the oldest was forgotten");
@@ -512,12 +520,7 @@ mod tests {
 
     #[test]
     fn tickets_count_until_complete_or_expired() {
-        let reg = PodRegistry::new(Some("m".into()));
-        let pod = PodId {
-            endpoint: "10.0.0.1:8000".into(),
-            dp_rank: 0,
-        };
-        reg.add(pod.clone());
+        let (reg, pod) = one_engine();
         let f = InFlight::new(Duration::from_millis(30));
         let t = start(&f, &pod, &[1, 2], 640.0, None, &reg);
         start(&f, &pod, &[1], 64.0, None, &reg);
@@ -534,12 +537,7 @@ mod tests {
 
     #[test]
     fn tickets_are_random_owned_and_bounded() {
-        let reg = PodRegistry::new(Some("m".into()));
-        let pod = PodId {
-            endpoint: "10.0.0.1:8000".into(),
-            dp_rank: 0,
-        };
-        reg.add(pod.clone());
+        let (reg, pod) = one_engine();
         let f = InFlight::bounded(Duration::from_secs(300), 100, 1_000_000);
         let me: Option<IpAddr> = "10.1.0.1".parse().ok();
         let other: Option<IpAddr> = "10.1.0.2".parse().ok();
@@ -565,12 +563,7 @@ mod tests {
 
     #[test]
     fn tickets_are_bounded_in_the_keys_they_hold() {
-        let reg = PodRegistry::new(Some("m".into()));
-        let pod = PodId {
-            endpoint: "10.0.0.1:8000".into(),
-            dp_rank: 0,
-        };
-        reg.add(pod.clone());
+        let (reg, pod) = one_engine();
         let f = InFlight::bounded(Duration::from_secs(300), 1000, 10_000);
         let keys: Vec<u64> = (0..4000).collect();
         for _ in 0..10 {
