@@ -48,6 +48,7 @@ impl Deployment {
         if let Ok(r) = kvroute_harness::http::send(indexer, "GET", "/metrics", &[], b"") {
             for line in String::from_utf8_lossy(&r.body).lines() {
                 if line.starts_with("kvroute_route_decisions_total")
+                    || line.starts_with("kvroute_tickets_abandoned_total")
                     || line.starts_with("kvroute_route_matched_blocks")
                     || line.starts_with("kvroute_route_requested_blocks")
                 {
