@@ -433,7 +433,17 @@ def check_indexer_replicas(name, docs, errors):
     if not config or not deployments:
         return  # no filter, or the indexer is a sidecar of each gateway pod (one each)
     replicas = deployments[0]["spec"].get("replicas", 1)
-    told = int(config.get("indexer_replicas", 1))
+    try:
+        told = int(config.get("indexer_replicas", 1))
+    except (TypeError, ValueError):
+        errors.append(f"{name}: the filter's indexer_replicas {config.get('indexer_replicas')!r} is not a number")
+        return
+    for rule in find(docs, "DestinationRule"):
+        if rule["spec"].get("host", "").split(".")[0] == "kvroute-indexer":
+            lb = rule["spec"].get("trafficPolicy", {}).get("loadBalancer", {}).get("simple")
+            if lb != "ROUND_ROBIN":
+                errors.append(f"{name}: DestinationRule {rule['metadata']['name']} balances the indexer with {lb or 'the default (least request)'}, "
+                              "not ROUND_ROBIN (the filter's retry and completion copies need distinct replicas)")
     if told != replicas:
         errors.append(f"{name}: the filter's indexer_replicas is {told} but kvroute-indexer runs {replicas} replicas "
                       "(each completion must reach every replica)")

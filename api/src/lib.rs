@@ -26,8 +26,9 @@ pub const COMPLETE_PATH: &str = "/v1/route/complete";
 /// Request header of both route calls: the caller's own ticket for the decision (a random,
 /// non-zero `u64` in decimal). A caller that gives up on a call (its timeout, a broken
 /// connection) releases that ticket with [`CompleteRequest`] at once, even though no answer
-/// told it: the indexer remembers a completion that comes before its decision for a while,
-/// and does not count a decision made for a caller already gone as load. Without the header
+/// told it (`abandoned: true`): the indexer remembers such a release that comes before its
+/// decision for a while, and does not count a decision made for a caller already gone as
+/// load. Without the header
 /// (or when the ticket is taken) the indexer draws one; the answer's ticket is the one used.
 pub const TICKET_HEADER: &str = "x-kvroute-ticket";
 /// Tokenizer files for the filter, under `<TOKENIZERS_PATH>/<model>/<file>`.
@@ -155,6 +156,11 @@ pub struct RouteAnswer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompleteRequest {
     pub ticket: u64,
+    /// The caller gave up on the route call that named `ticket` (see [`TICKET_HEADER`]):
+    /// its decision may not be made yet, so the indexer remembers this release for a while.
+    /// A plain completion (`false`) of a ticket the indexer does not hold is forgotten.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abandoned: bool,
 }
 
 /// `POST /v1/route/complete` answer: whether the ticket was still in flight.

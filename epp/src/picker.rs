@@ -69,6 +69,6 @@ impl Picker for IndexerPicker {
     }
 
     fn complete(&self, ticket: u64) {
-        self.state.router.complete(ticket, None);
+        self.state.router.complete(ticket, None, false);
     }
 }

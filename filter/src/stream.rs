@@ -54,6 +54,9 @@ pub struct KvRouteStream {
     /// Every other call's decision is released by the ticket it named, whether or not its
     /// answer ever comes (see `release`).
     calls: Vec<RouteCall>,
+    /// Calls released that may still answer: an indexer that did not use the named ticket
+    /// (one older than the header) answers with its own, released on arrival.
+    released: Vec<RouteCall>,
 }
 
 impl KvRouteStream {
@@ -67,6 +70,7 @@ impl KvRouteStream {
             answer: None,
             retry: None,
             calls: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -167,16 +171,29 @@ impl KvRouteStream {
     /// after the indexer read it), or another call's answer routed. The indexer may not
     /// have decided yet; it remembers the release and drops the decision when made, so a
     /// request sent elsewhere never counts as load on the pod it was not sent to.
-    fn release(&self, vm: &VmState, ticket: u64) {
+    fn release(&mut self, vm: &VmState, call: RouteCall) {
         if vm.config.report_completion {
-            self.send_completion(vm, ticket);
+            self.send_completion(vm, call.ticket, true);
+            self.released.push(call);
         }
     }
 
     /// Releases every call still awaited; none is awaited after.
     fn release_all(&mut self, vm: &VmState) {
         for call in std::mem::take(&mut self.calls) {
-            self.release(vm, call.ticket);
+            self.release(vm, call);
+        }
+    }
+
+    /// The answer to a call already released: if it carries another ticket than the one
+    /// the call named, that decision is released too.
+    fn release_answered(&mut self, vm: &VmState, call: RouteCall, body_size: usize) {
+        let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        let status = host::call_response_status();
+        if let Ok(answer) = classify_answer(status, &body, &vm.config.allowed_endpoints) {
+            if answer.ticket != call.ticket {
+                self.send_completion(vm, answer.ticket, false);
+            }
         }
     }
 
@@ -199,8 +216,9 @@ impl KvRouteStream {
         }
     }
 
-    fn send_completion(&self, vm: &VmState, ticket: u64) {
-        let Ok(body) = serde_json::to_vec(&CompleteRequest { ticket }) else {
+    /// `abandoned`: the call that named `ticket` was given up on (see `release`).
+    fn send_completion(&self, vm: &VmState, ticket: u64, abandoned: bool) {
+        let Ok(body) = serde_json::to_vec(&CompleteRequest { ticket, abandoned }) else {
             return;
         };
         // Sent on the root context's behalf: a call owned by this request context would be
@@ -254,19 +272,23 @@ impl Context for KvRouteStream {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        // A call no longer awaited was released when it stopped being awaited.
-        let Some(at) = self.calls.iter().position(|c| c.token == token_id) else {
-            return;
-        };
-        let call = self.calls.swap_remove(at);
         let Some(vm) = self.vm.clone() else {
             self.calls.clear();
             self.phase = Phase::Pass;
             host::resume_request();
             return;
         };
+        // A call no longer awaited was released when it stopped being awaited.
+        let Some(at) = self.calls.iter().position(|c| c.token == token_id) else {
+            if let Some(at) = self.released.iter().position(|c| c.token == token_id) {
+                let call = self.released.swap_remove(at);
+                self.release_answered(&vm, call, body_size);
+            }
+            return;
+        };
+        let call = self.calls.swap_remove(at);
         if self.phase != Phase::AwaitingIndexer {
-            self.release(&vm, call.ticket);
+            self.release(&vm, call);
             return;
         }
         let status = host::call_response_status();
@@ -276,7 +298,7 @@ impl Context for KvRouteStream {
             .as_ref()
             .is_err_and(|reason| reason.may_leave_a_decision())
         {
-            self.release(&vm, call.ticket);
+            self.release(&vm, call);
         }
         match outcome {
             Ok(answer) => match host::set_original_dst(&answer.endpoint) {
@@ -295,7 +317,7 @@ impl Context for KvRouteStream {
                             answer.endpoint
                         ),
                     );
-                    self.release(&vm, answer.ticket);
+                    self.send_completion(&vm, answer.ticket, false);
                     self.fail_open(FailOpenReason::FilterStateRefused);
                 }
             },
@@ -444,7 +466,7 @@ impl HttpContext for KvRouteStream {
             return;
         }
         if let Some(ticket) = self.answer.as_ref().map(|a| a.ticket) {
-            self.send_completion(&vm, ticket);
+            self.send_completion(&vm, ticket, false);
         }
         // The client left while the indexer was deciding.
         self.release_all(&vm);

@@ -483,11 +483,11 @@ fn decisions_in_process(
         in_flight.push_back(answer.ticket);
         if in_flight.len() > DECISIONS_IN_FLIGHT {
             let done = in_flight.pop_front().expect("a ticket");
-            router.complete(done, None);
+            router.complete(done, None, false);
         }
     }
     for ticket in in_flight {
-        router.complete(ticket, None);
+        router.complete(ticket, None, false);
     }
     took.sort();
     (us(percentile(&took, 0.5)), us(percentile(&took, 0.99)))

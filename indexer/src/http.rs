@@ -231,7 +231,7 @@ async fn complete(
 ) -> Response {
     match serde_json::from_slice::<CompleteRequest>(&body) {
         Ok(c) => Json(CompleteAnswer {
-            released: st.router.complete(c.ticket, caller_addr(peer)),
+            released: st.router.complete(c.ticket, caller_addr(peer), c.abandoned),
         })
         .into_response(),
         Err(e) => error(

@@ -95,8 +95,10 @@ impl Tickets {
     /// is older than `keep` or past `max` entries.
     fn remember_early(&mut self, owner: Option<IpAddr>, ticket: u64, keep: Duration, max: usize) {
         let now = Instant::now();
+        // The same release again (copies sent to every replica) takes no new room.
+        let new = !self.early.contains_key(&(owner, ticket));
         while let Some(&(key, at)) = self.early_order.front() {
-            if now.duration_since(at) < keep && self.early.len() < max {
+            if now.duration_since(at) < keep && (!new || self.early.len() < max) {
                 break;
             }
             self.early_order.pop_front();
@@ -254,19 +256,28 @@ impl InFlight {
         registry.set_load_at(slot, |l| l.in_flight += 1);
     }
 
-    /// `caller`'s request behind `ticket` finished; false if unknown (never issued,
-    /// expired, done, or not decided yet: then remembered for a while, see the module) or
-    /// another caller's.
-    pub fn complete(&self, ticket: u64, caller: Option<IpAddr>, registry: &PodRegistry) -> bool {
+    /// `caller`'s request behind `ticket` finished, or (`abandoned`) the caller gave up on
+    /// the call that named it; false if unknown (never issued, expired, done, or, when
+    /// abandoned, not decided yet: then remembered for a while, see the module) or another
+    /// caller's. Only abandoned calls are remembered: a plain completion of an unknown
+    /// ticket (another replica's decision, a late duplicate) would only crowd them out.
+    pub fn complete(
+        &self,
+        ticket: u64,
+        caller: Option<IpAddr>,
+        abandoned: bool,
+        registry: &PodRegistry,
+    ) -> bool {
         let held = {
             let mut t = self.tickets.lock();
             match t.by_ticket.get(&ticket) {
                 Some(held) if held.owner.is_none() || held.owner == caller => t.remove(ticket),
                 Some(_) => None,
-                None => {
+                None if abandoned => {
                     t.remember_early(caller, ticket, self.early_keep, self.max_early);
                     None
                 }
+                None => None,
             }
         };
         held.is_some_and(|h| self.end(h.entry, registry))
@@ -423,7 +434,7 @@ mod tests {
             start_for(&f, &pod, &[1, 2], 640.0, caller, &reg)
         };
         // The caller named 7 and gave up before the decision: released when made.
-        assert!(!f.complete(7, me, &reg));
+        assert!(!f.complete(7, me, true, &reg));
         let issued = decide(7, me);
         assert_eq!((issued.ticket, issued.abandoned), (7, true));
         assert_eq!(reg.load(&pod).unwrap().in_flight, 0);
@@ -434,7 +445,7 @@ mod tests {
         assert_eq!((issued.ticket, issued.abandoned), (7, false));
         assert_eq!(f.pending(slot).in_flight, 1);
         // Another caller's early completion of 8 does not release my decision 8.
-        assert!(!f.complete(8, other, &reg));
+        assert!(!f.complete(8, other, true, &reg));
         let issued = decide(8, me);
         assert_eq!((issued.ticket, issued.abandoned), (8, false));
         // A named ticket already held is not shared: the indexer draws another.
@@ -442,9 +453,12 @@ mod tests {
         assert!(!issued.abandoned);
         assert_ne!(issued.ticket, 8);
         assert_eq!(f.tickets(), 3);
-        assert!(f.complete(7, me, &reg));
-        assert!(!f.complete(8, other, &reg), "another caller's ticket");
-        assert!(f.complete(8, me, &reg));
+        assert!(f.complete(7, me, false, &reg));
+        assert!(
+            !f.complete(8, other, false, &reg),
+            "another caller's ticket"
+        );
+        assert!(f.complete(8, me, false, &reg));
     }
 
     #[test]
@@ -455,7 +469,7 @@ mod tests {
         let me: Option<IpAddr> = "10.1.0.1".parse().ok();
         // A flood of completions for tickets never issued keeps at most 100.
         for t in 1..=10_000u64 {
-            f.complete(t, me, &reg);
+            f.complete(t, me, true, &reg);
         }
         {
             let t = f.tickets.lock();
@@ -470,10 +484,29 @@ mod tests {
             start_for(f, &pod, &[1], 64.0, caller, &reg).abandoned
         };
         assert!(named(&f, 10_000), "the newest is remembered");
+        // A plain completion of a ticket not held (another replica's decision) is not.
+        assert!(!f.complete(30_000, me, false, &reg));
+        assert!(!named(&f, 30_000));
+        // Releases taken by their decisions leave the order too (compacted lazily), and
+        // the same release twice (a copy per replica) takes one place.
+        for t in 40_000..40_500u64 {
+            f.complete(t, me, true, &reg);
+            f.complete(t, me, true, &reg);
+            assert!(named(&f, t));
+        }
+        {
+            let t = f.tickets.lock();
+            assert!(t.early.len() <= 100);
+            assert!(
+                t.early_order.len() <= 2 * t.early.len() + 64 + 2,
+                "{}",
+                t.early_order.len()
+            );
+        }
         assert!(!named(&f, 1), "the oldest was forgotten");
         // And forgotten after the time.
         f.early_keep = Duration::from_millis(20);
-        f.complete(20_000, me, &reg);
+        f.complete(20_000, me, true, &reg);
         std::thread::sleep(Duration::from_millis(30));
         assert!(!named(&f, 20_000));
     }
@@ -528,8 +561,8 @@ mod tests {
         assert_eq!(f.pending(reg.slot_of(&pod).unwrap()).tokens, 704.0);
         let held = f.with_ledger(|l, _| ledger_matches(l, &reg.slots(), &[1, 2]));
         assert_eq!((held[0].pod.clone(), held[0].gpu_blocks), (pod.clone(), 2));
-        assert!(f.complete(t, None, &reg));
-        assert!(!f.complete(t, None, &reg));
+        assert!(f.complete(t, None, false, &reg));
+        assert!(!f.complete(t, None, false, &reg));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(f.expire(&reg), 1);
         assert_eq!(reg.load(&pod).unwrap().in_flight, 0);
@@ -551,13 +584,19 @@ mod tests {
         // Not sequential: no ticket is its predecessor plus one.
         assert!(tickets.windows(2).all(|w| w[1] != w[0].wrapping_add(1)));
         let last = tickets[999];
-        assert!(!f.complete(last, other, &reg), "another caller's ticket");
         assert!(
-            !f.complete(last.wrapping_add(1), me, &reg),
+            !f.complete(last, other, false, &reg),
+            "another caller's ticket"
+        );
+        assert!(
+            !f.complete(last.wrapping_add(1), me, false, &reg),
             "a guessed ticket"
         );
-        assert!(!f.complete(tickets[0], me, &reg), "released to make room");
-        assert!(f.complete(last, me, &reg));
+        assert!(
+            !f.complete(tickets[0], me, false, &reg),
+            "released to make room"
+        );
+        assert!(f.complete(last, me, false, &reg));
         assert_eq!(reg.load(&pod).unwrap().in_flight, 99);
     }
 

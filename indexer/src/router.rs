@@ -204,7 +204,10 @@ impl Router {
     }
 
     /// `caller`'s request behind `ticket` finished.
-    pub fn complete(&self, ticket: u64, caller: Option<std::net::IpAddr>) -> bool {
-        self.in_flight.complete(ticket, caller, &self.registry)
+    /// `abandoned`: the caller gave up on the call that named `ticket` (it may not be
+    /// decided yet).
+    pub fn complete(&self, ticket: u64, caller: Option<std::net::IpAddr>, abandoned: bool) -> bool {
+        self.in_flight
+            .complete(ticket, caller, abandoned, &self.registry)
     }
 }

@@ -526,10 +526,10 @@ async fn a_named_ticket_released_before_its_decision_leaves_no_load() {
     let d = start(HttpLimits::default()).await;
     let owner = client_from("127.0.0.2");
     let other = client_from("127.0.0.3");
-    let complete = |client: &reqwest::Client, ticket: u64| {
+    let complete = |client: &reqwest::Client, ticket: u64, abandoned: bool| {
         let req = client
             .post(format!("http://{}{COMPLETE_PATH}", d.addr))
-            .json(&json!({ "ticket": ticket }));
+            .json(&json!({ "ticket": ticket, "abandoned": abandoned }));
         async move {
             let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
             v["released"].as_bool().unwrap()
@@ -567,8 +567,13 @@ async fn a_named_ticket_released_before_its_decision_leaves_no_load() {
                 .unwrap()
         }
     };
-    // Released first (unknown yet: not released), then decided: no load left.
-    assert!(!complete(&owner, 4242).await);
+    // A plain completion of a ticket not held is not remembered: the decision counts.
+    assert!(!complete(&owner, 99, false).await);
+    assert_eq!(named_route(&owner, "99", 9).await.ticket, 99);
+    assert_eq!(in_flight().await, 1);
+    assert!(complete(&owner, 99, false).await);
+    // Given up on first (unknown yet: not released), then decided: no load left.
+    assert!(!complete(&owner, 4242, true).await);
     let answer = named_route(&owner, "4242", 1).await;
     assert_eq!(answer.ticket, 4242);
     assert_eq!(in_flight().await, 0);
@@ -578,15 +583,15 @@ async fn a_named_ticket_released_before_its_decision_leaves_no_load() {
     assert_eq!(answer.ticket, 4242);
     assert_eq!(in_flight().await, 1);
     // Another address releasing 77 does not drop the owner's decision 77.
-    assert!(!complete(&other, 77).await);
+    assert!(!complete(&other, 77, true).await);
     assert_eq!(named_route(&owner, "77", 3).await.ticket, 77);
     assert_eq!(in_flight().await, 2);
     // A named ticket already held is not shared; a malformed one names none.
     assert_ne!(named_route(&owner, "77", 4).await.ticket, 77);
     assert_ne!(named_route(&owner, "not a number", 5).await.ticket, 0);
     assert_eq!(in_flight().await, 4);
-    assert!(complete(&owner, 4242).await);
-    assert!(complete(&owner, 77).await);
+    assert!(complete(&owner, 4242, false).await);
+    assert!(complete(&owner, 77, false).await);
     assert_eq!(in_flight().await, 2);
     assert_eq!(abandoned().await, 1.0);
 }

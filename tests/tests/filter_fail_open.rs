@@ -83,6 +83,7 @@ fn hung_indexer_costs_at_most_the_call_timeout() {
             .iter()
             .filter(|c| c.path == COMPLETE_PATH)
             .filter_map(|c| serde_json::from_slice::<CompleteRequest>(&c.body).ok())
+            .inspect(|c| assert!(c.abandoned, "a given-up call is released as abandoned"))
             .map(|c| c.ticket)
             .collect()
     };

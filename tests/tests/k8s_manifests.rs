@@ -67,10 +67,11 @@ fn every_manifest_and_both_envoy_attachments_validate() {
 /// The checks can fail: a field no schema knows (in a manifest and in Istio's Deployment
 /// patch), a route the real Envoy refuses, a kustomization naming a missing file, debug
 /// headers on, an unpinned filter, a sidecar not where the filter calls it, a filter told of
-/// fewer indexer replicas than run, and a picker port nothing serves are each reported.
+/// fewer indexer replicas than run, indexer replicas not balanced round robin, and a picker
+/// port nothing serves are each reported.
 #[test]
 fn broken_manifests_are_refused() {
-    let cases: [(&str, &str, &str, &str); 11] = [
+    let cases: [(&str, &str, &str, &str); 12] = [
         (
             "base/indexer.yaml",
             "readinessProbe:",
@@ -134,6 +135,12 @@ fn broken_manifests_are_refused() {
             "resources:\n",
             "components:\n- ../../components/engines-bind\nresources:\n",
             "the filter's indexer_replicas is 1 but kvroute-indexer runs 2 replicas",
+        ),
+        (
+            "overlays/istio/destinationrule.yaml",
+            "simple: ROUND_ROBIN",
+            "simple: LEAST_REQUEST",
+            "not ROUND_ROBIN",
         ),
         (
             "overlays/inferencepool/kustomization.yaml",
