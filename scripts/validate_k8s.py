@@ -442,7 +442,8 @@ def check_indexer_replicas(name, docs, errors):
         if rule["spec"].get("host", "").split(".")[0] == "kvroute-indexer":
             lb = rule["spec"].get("trafficPolicy", {}).get("loadBalancer", {}).get("simple")
             if lb != "ROUND_ROBIN":
-                errors.append(f"{name}: DestinationRule {rule['metadata']['name']} balances the indexer with {lb or 'the default (least request)'}, "
+                shown = lb or "Istio's default"
+                errors.append(f"{name}: DestinationRule {rule['metadata']['name']} balances the indexer with {shown}, "
                               "not ROUND_ROBIN (the filter's retry and completion copies need distinct replicas)")
     if told != replicas:
         errors.append(f"{name}: the filter's indexer_replicas is {told} but kvroute-indexer runs {replicas} replicas "
