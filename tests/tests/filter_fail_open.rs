@@ -1,7 +1,8 @@
 //! Fail open, proven in the real Envoy: when the indexer hangs, is killed, or answers an
 //! error, every request is still served by a healthy pod, and no request waits longer
 //! than the call timeout (50 ms) for the filter's decision; a call it gave up on has its
-//! decision released by the ticket it named (the indexer's side: `http_hardening.rs`).
+//! decision released by the ticket it named, and so has one whose client left while it
+//! waited (the indexer's side: `http_hardening.rs`).
 
 use std::time::Duration;
 
@@ -135,4 +136,69 @@ fn error_answers_are_counted_by_reason() {
         "indexer",
     );
     served_within_timeout(&stack, 2, "bad_answer");
+}
+
+/// A client that leaves while the filter waits for the indexer: the call it was waiting on
+/// is released (named ticket, `abandoned`) when Envoy ends the stream, so its decision,
+/// made later, never counts as load.
+#[test]
+fn a_client_leaving_mid_call_releases_the_decision() {
+    use std::io::Write;
+    let stack = Stack::builder()
+        .backends(3)
+        .qwen3()
+        // Longer than the client stays: the client leaves first.
+        .plugin(serde_json::json!({"call_timeout_ms": 5000}))
+        .indexer(IndexerSpec::Scripted(RouteScript::Hang))
+        .start()
+        .expect("stack");
+    let body = request(0).to_string();
+    let mut client = std::net::TcpStream::connect(stack.listen()).expect("connect");
+    write!(
+        client,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: kvroute\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let indexer = stack.scripted_indexer().expect("scripted indexer");
+    let calls_of = |path_is_complete: bool| {
+        indexer
+            .calls()
+            .into_iter()
+            .filter(|c| (c.path == COMPLETE_PATH) == path_is_complete)
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while calls_of(false).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no route call\n{}",
+            stack.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let named = calls_of(false)[0]
+        .ticket
+        .expect("a route call names its ticket");
+    assert!(calls_of(true).is_empty(), "released while still waiting");
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let released: Vec<CompleteRequest> = calls_of(true)
+            .iter()
+            .filter_map(|c| serde_json::from_slice(&c.body).ok())
+            .collect();
+        if !released.is_empty() {
+            assert_eq!(released.len(), 1, "{released:?}");
+            assert_eq!(released[0].ticket, named);
+            assert!(released[0].abandoned);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call was not released after the client left\n{}",
+            stack.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
