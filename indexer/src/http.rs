@@ -15,7 +15,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,16 +114,29 @@ fn caller_addr(peer: Option<Extension<Peer>>) -> Option<std::net::IpAddr> {
     peer.map(|Extension(Peer(addr))| addr.ip())
 }
 
-/// Who asks for a route: its address and the ticket it named ([`TICKET_HEADER`]; a value
-/// that is not a non-zero decimal `u64` names none).
-fn caller(peer: Option<Extension<Peer>>, headers: &HeaderMap) -> Caller {
+/// The ticket a route call named ([`TICKET_HEADER`]); a value that is not a non-zero decimal
+/// `u64` names none. Read alone: extracting a `HeaderMap` would copy every header of every
+/// route call.
+struct NamedTicket(Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for NamedTicket {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let named = parts
+            .headers
+            .get(TICKET_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .filter(|&t| t != 0);
+        Ok(Self(named))
+    }
+}
+
+/// Who asks for a route: its address and the ticket it named.
+fn caller(peer: Option<Extension<Peer>>, NamedTicket(ticket): NamedTicket) -> Caller {
     Caller {
         addr: caller_addr(peer),
-        ticket: headers
-            .get(TICKET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&t| t != 0),
+        ticket,
     }
 }
 
@@ -137,10 +151,10 @@ fn route_error(e: RouteError) -> Response {
 async fn route(
     State(st): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    named: NamedTicket,
     body: Bytes,
 ) -> Response {
-    let caller = caller(peer, &headers);
+    let caller = caller(peer, named);
     // Parsing tens of thousands of hashes is CPU work: large bodies are decided on the
     // blocking pool, a bounded number at a time, so the async workers keep answering small
     // routes meanwhile.
@@ -187,7 +201,7 @@ fn decide_route(st: &AppState, caller: Caller, body: &[u8]) -> Response {
 async fn route_prompt(
     State(st): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
+    named: NamedTicket,
     Query(q): Query<PromptQuery>,
     body: Bytes,
 ) -> Response {
@@ -212,10 +226,7 @@ async fn route_prompt(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     let hashes = &keys.block_hashes[..keys.block_hashes.len().min(st.limits.max_route_blocks)];
-    match st
-        .router
-        .route_as(caller(peer, &headers), &keys.model, hashes)
-    {
+    match st.router.route_as(caller(peer, named), &keys.model, hashes) {
         Ok(mut answer) => {
             answer.prompt_tokens = Some(keys.prompt_tokens);
             Json(answer).into_response()

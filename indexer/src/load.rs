@@ -90,6 +90,14 @@ struct Tickets {
     early_order: VecDeque<((Option<IpAddr>, u64), Instant)>,
 }
 
+/// Drops from `queue` the entries that `live` no longer names, once they outnumber the `live`
+/// ones: each stale entry is dropped once, so leaving lazily costs no scan per removal.
+fn compact_lazily<T>(queue: &mut VecDeque<T>, live: usize, is_live: impl FnMut(&T) -> bool) {
+    if queue.len() > 2 * live + 64 {
+        queue.retain(is_live);
+    }
+}
+
 impl Tickets {
     /// Remembers that `owner` released `ticket` before any decision held it; forgets what
     /// is older than `keep` or past `max` entries.
@@ -109,11 +117,10 @@ impl Tickets {
         self.early.insert((owner, ticket), now);
         self.early_order.push_back(((owner, ticket), now));
         // Entries taken by their decision leave the order lazily.
-        if self.early_order.len() > 2 * self.early.len() + 64 {
-            let live = &self.early;
-            self.early_order
-                .retain(|(key, at)| live.get(key) == Some(at));
-        }
+        let live = &self.early;
+        compact_lazily(&mut self.early_order, live.len(), |(key, at)| {
+            live.get(key) == Some(at)
+        });
     }
 
     /// Whether `owner` released `ticket` early, within `keep`; forgets it either way.
@@ -126,11 +133,9 @@ impl Tickets {
     fn remove(&mut self, ticket: u64) -> Option<Held> {
         let held = self.by_ticket.remove(&ticket)?;
         self.keys -= held.keys;
-        // Completed tickets leave the order lazily; compact once they outnumber the rest.
-        if self.order.len() > 2 * self.by_ticket.len() + 64 {
-            let live = &self.by_ticket;
-            self.order.retain(|(t, _)| live.contains_key(t));
-        }
+        // Completed tickets leave the order lazily.
+        let live = &self.by_ticket;
+        compact_lazily(&mut self.order, live.len(), |(t, _)| live.contains_key(t));
         Some(held)
     }
 
